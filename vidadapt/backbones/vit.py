@@ -1,0 +1,304 @@
+"""One Vision Transformer for every image backbone vidadapt adapts (CLIP, ImageNet-21k, DINOv2).
+
+Parameter names follow timm's ``VisionTransformer`` so a timm checkpoint loads by a plain key
+copy; OpenAI, open_clip, Hugging Face and DINOv2 files are converted by ``vidadapt.checkpoints``.
+
+Extension sites
+---------------
+Methods never subclass or copy the ViT. They attach small modules to named sites (lists that
+are empty by default, so the plain model runs the plain ViT):
+
+``ViT.embed_sites``       after patch + position embedding, before ``norm_pre``; may change the
+                          token sequence (VPT-shallow prompts, AIM's temporal embedding).
+``Block.pre_attn``        on the residual stream before ``norm1`` (ST-Adapter, AIM's temporal
+                          attention, VPT-deep, X-CLIP message tokens, temporal shift).
+``Block.parallel_attn``   reads ``norm1(x)``, output added to the attention output (parallel adapter).
+``Block.post_attn``       maps the attention output before the residual add (AIM S-Adapter,
+                          Houlsby adapter).
+``Block.pre_mlp``         on the residual stream before ``norm2`` (ST-Adapter pre-MLP, removing
+                          tokens that ``pre_attn`` appended).
+``Block.parallel_mlp``    reads ``norm2(x)``, output added to the MLP output (AIM joint adapter,
+                          scaled parallel adapter of MAM).
+``Block.post_mlp``        maps the MLP output before the residual add (Houlsby adapter).
+``Attention.kv_sites``    maps ``(k, v)`` head tensors before attention (prefix tuning).
+``Attention.qkv / proj``  plain ``nn.Linear`` layers that LoRA wraps in place.
+``ViT.forward_tokens(..., layers=...)`` returns intermediate block outputs (EVL).
+
+Every site module is called as ``module(x, block, layout)`` (``Attention.kv_sites``:
+``module(k, v, layout)``), where ``block`` gives access to the frozen weights (AIM reuses the
+block's ``norm1`` and attention for its temporal attention) and ``layout`` describes the tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 224  # input side the position embedding is laid out for
+    patch_size: int = 16  # side of a square patch (stride of the patch conv)
+    width: int = 768  # token dimension D
+    depth: int = 12  # number of transformer blocks
+    heads: int = 12  # attention heads (head dim = width / heads)
+    mlp_dim: int = 3072  # hidden width of each block's MLP
+    act: str = "quick_gelu"  # MLP activation: "quick_gelu" (OpenAI CLIP) or "gelu" (timm, DINOv2)
+    norm_eps: float = 1e-5  # LayerNorm eps: 1e-5 CLIP, 1e-6 timm augreg and DINOv2
+    pre_norm: bool = True  # LayerNorm before the blocks (CLIP's ln_pre)
+    patch_bias: bool = False  # patch-embedding conv bias (absent in CLIP)
+    layer_scale: bool = False  # per-channel residual scales (DINOv2 ls1 / ls2)
+    num_registers: int = 0  # DINOv2 register tokens, placed after the class token
+    embed_dim: int | None = None  # output size of the CLIP projection; None = no projection
+    drop_path: float = 0.0  # stochastic depth, linear over depth (used when the backbone trains)
+    grad_checkpointing: bool = False  # recompute block activations in backward to save memory
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class TokenLayout:
+    """How the current token sequence is laid out; sites read it and may update it.
+
+    Tokens are ``[B*T, N, D]``: every frame is a sequence ``[CLS, extra..., patches...]`` where
+    ``extra`` counts register and prompt tokens. Sites that append tokens update ``num_suffix``.
+    """
+
+    batch: int  # B, videos (or images) in the batch
+    frames: int  # T, frames per video (1 for images)
+    grid: tuple[int, int]  # (h, w) patches per frame
+    num_prefix: int = 1  # tokens before the patches (CLS + registers + prompts)
+    num_suffix: int = 0  # tokens after the patches (e.g. X-CLIP message tokens)
+    extras: dict = field(default_factory=dict)  # per-forward scratch space for methods
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+def quick_gelu(x: Tensor) -> Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a whole residual branch per sample during training."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float = 1e-5) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection and SDPA kernels."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.kv_sites = nn.ModuleList()
+
+    def forward(self, x: Tensor, layout: TokenLayout | None = None) -> Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)  # [B, N, 3, H, d]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, d]
+        for site in self.kv_sites:
+            k, v = site(k, v, layout)  # [B, H, N', d]
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, d]
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = ACTIVATIONS[act]
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with the extension sites described in the module docstring."""
+
+    SITES = ("pre_attn", "parallel_attn", "post_attn", "pre_mlp", "parallel_mlp", "post_mlp")
+
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.width, cfg.heads)
+        self.ls1 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.act)
+        self.ls2 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+        for site in self.SITES:
+            setattr(self, site, nn.ModuleList())
+
+    def forward(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        for site in self.pre_attn:
+            x = site(x, self, layout)
+        h = self.norm1(x)
+        a = self.attn(h, layout)
+        for site in self.parallel_attn:
+            a = a + site(h, self, layout)
+        for site in self.post_attn:
+            a = site(a, self, layout)
+        x = x + self.drop_path(self.ls1(a))
+
+        for site in self.pre_mlp:
+            x = site(x, self, layout)
+        h = self.norm2(x)
+        m = self.mlp(h)
+        for site in self.parallel_mlp:
+            m = m + site(h, self, layout)
+        for site in self.post_mlp:
+            m = site(m, self, layout)
+        return x + self.drop_path(self.ls2(m))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        p = cfg.patch_size
+        self.proj = nn.Conv2d(3, cfg.width, kernel_size=p, stride=p, bias=cfg.patch_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # [B, h*w, D]
+
+
+def resample_pos_embed(pos: Tensor, new_grid: tuple[int, int], num_prefix: int = 1) -> Tensor:
+    """Bicubic resampling of a ``[1, prefix + h*w, D]`` position embedding to ``new_grid``."""
+    prefix, grid_tokens = pos[:, :num_prefix], pos[:, num_prefix:]
+    old = int(math.sqrt(grid_tokens.shape[1]))
+    if (old, old) == tuple(new_grid):
+        return pos
+    D = pos.shape[-1]
+    grid = grid_tokens.reshape(1, old, old, D).permute(0, 3, 1, 2)  # [1, D, h, w]
+    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False)
+    grid = grid.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, -1, D)  # [1, h'*w', D]
+    return torch.cat([prefix, grid], dim=1)
+
+
+class ViT(nn.Module):
+    """ViT over images ``[B, 3, H, W]`` or video frames ``[B, T, 3, H, W]``.
+
+    ``forward`` returns the pooled embedding: the final-norm class token, before any projection
+    (``[B, D]`` for images, ``[B, T, D]`` for videos). ``encode`` adds the CLIP projection.
+    """
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.width
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.num_registers, D)) if cfg.num_registers else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, D))
+        self.norm_pre = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
+        self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.proj = nn.Parameter(torch.zeros(D, cfg.embed_dim)) if cfg.embed_dim else None
+        self.embed_sites = nn.ModuleList()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random init (timm-style); real runs overwrite it with pretrained weights."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
+        if self.proj is not None:
+            nn.init.normal_(self.proj, std=self.cfg.width**-0.5)
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def width(self) -> int:
+        return self.cfg.width
+
+    def embed(self, frames: Tensor, layout: TokenLayout) -> Tensor:
+        """Patch tokens + class/register tokens + position embedding → ``[B*T, N, D]``."""
+        x = self.patch_embed(frames)  # [B*T, h*w, D]
+        pos = resample_pos_embed(self.pos_embed, layout.grid)
+        cls = self.cls_token.expand(x.shape[0], -1, -1) + pos[:, :1]
+        x = torch.cat([cls, x + pos[:, 1:]], dim=1)  # [B*T, 1 + h*w, D]
+        if self.reg_token is not None:  # registers carry no position embedding (DINOv2)
+            regs = self.reg_token.expand(x.shape[0], -1, -1)
+            x = torch.cat([x[:, :1], regs, x[:, 1:]], dim=1)  # [B*T, 1 + R + h*w, D]
+            layout.num_prefix += self.cfg.num_registers
+        return x
+
+    def forward_tokens(
+        self, x: Tensor, layers: Sequence[int] = ()
+    ) -> tuple[Tensor, list[Tensor], TokenLayout]:
+        """Run the encoder on images or videos.
+
+        Returns the last block's tokens ``[B*T, N, D]`` (before the final norm), the outputs of
+        the blocks listed in ``layers`` (same shape), and the final token layout.
+        """
+        if x.ndim == 4:
+            x = x.unsqueeze(1)  # [B, 1, 3, H, W]
+        B, T, C, H, W = x.shape
+        p = self.cfg.patch_size
+        layout = TokenLayout(batch=B, frames=T, grid=(H // p, W // p))
+        tokens = self.embed(x.reshape(B * T, C, H, W), layout)  # [B*T, N, D]
+        for site in self.embed_sites:
+            tokens = site(tokens, self, layout)
+        tokens = self.norm_pre(tokens)
+        wanted = {i % len(self.blocks) for i in layers}
+        collected = []
+        for i, block in enumerate(self.blocks):
+            if self.cfg.grad_checkpointing and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, layout, use_reentrant=False)
+            else:
+                tokens = block(tokens, layout)
+            if i in wanted:
+                collected.append(tokens)
+        return tokens, collected, layout
+
+    def pool(self, tokens: Tensor, layout: TokenLayout) -> Tensor:
+        """Final-norm class token, ``[B, T, D]``."""
+        cls = self.norm(tokens[:, 0])  # [B*T, D]
+        return cls.view(layout.batch, layout.frames, -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens, _, layout = self.forward_tokens(x)
+        pooled = self.pool(tokens, layout)  # [B, T, D]
+        return pooled[:, 0] if x.ndim == 4 else pooled
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Pooled embedding followed by the CLIP projection when the model has one."""
+        pooled = self(x)
+        return pooled @ self.proj if self.proj is not None else pooled
