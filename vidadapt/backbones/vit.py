@@ -91,6 +91,11 @@ def quick_gelu(x: Tensor) -> Tensor:
 ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
 
 
+def linear_schedule(max_rate: float, depth: int) -> list[float]:
+    """Drop-path rate per block, rising linearly from 0 to ``max_rate``."""
+    return [max_rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops a whole residual branch per sample during training."""
 
@@ -224,7 +229,7 @@ class ViT(nn.Module):
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.num_registers, D)) if cfg.num_registers else None
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, D))
         self.norm_pre = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
-        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        rates = linear_schedule(cfg.drop_path, cfg.depth)
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.proj = nn.Parameter(torch.zeros(D, cfg.embed_dim)) if cfg.embed_dim else None

@@ -1,0 +1,125 @@
+"""AIM: Adapt Image Models for efficient video action recognition (Yang et al., ICLR 2023).
+
+Per block, in this order (REFERENCE.md §2, matching the official code):
+
+1. Temporal (T): tokens regrouped so attention runs across the T frames separately for every
+   token position, through the block's *frozen* ``norm1`` and attention; the result passes a
+   T-Adapter (no skip) and is added to the residual stream with drop-path.
+2. Spatial (S): the block's own attention output passes an S-Adapter (with skip).
+3. Joint (J): an MLP-Adapter (no skip) runs parallel to the MLP on ``norm2(x)``, scaled by
+   ``adapter_scale``, with drop-path.
+
+A zero temporal position embedding is added to every token before ``norm_pre``. The second
+Linear of every adapter starts at zero, so the adapted model starts as the image model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..backbones.vit import Block, DropPath, TokenLayout, ViT, linear_schedule
+from .layers import Bottleneck
+from .registry import register_method
+
+
+@dataclass
+class AIMConfig:
+    spatial: bool = True  # S-Adapter on every block's attention output
+    temporal: bool = True  # temporal attention (frozen weights) + T-Adapter in every block
+    joint: bool = True  # MLP-Adapter parallel to every block's MLP
+    num_tadapter: int = 1  # 2 adds an adapter (with skip) before the temporal attention (SSv2)
+    bottleneck_ratio: float = 0.25  # adapter hidden width = ratio * D
+    adapter_scale: float = 0.5  # MLP-Adapter scale s: 0.5 for K400/K700/Diving-48, 1.0 SSv2
+    drop_path: float = 0.2  # max drop-path rate (linear over depth) on T and MLP-Adapter branches
+    temporal_embedding: bool = True  # zero-init [1, T, D] embedding added to every token
+
+    def __post_init__(self) -> None:
+        if self.num_tadapter not in (1, 2):
+            raise ValueError(f"aim.num_tadapter must be 1 or 2, got {self.num_tadapter}")
+
+
+class TemporalEmbedding(nn.Module):
+    """Adds a learned embedding per frame index to every token of that frame (embed site)."""
+
+    def __init__(self, frames: int, dim: int) -> None:
+        super().__init__()
+        self.temporal_embedding = nn.Parameter(torch.zeros(1, frames, dim))
+
+    def forward(self, x: Tensor, vit: ViT, layout: TokenLayout) -> Tensor:
+        BT, N, D = x.shape
+        x = x.view(layout.batch, layout.frames, N, D)  # [B, T, N, D]
+        x = x + self.temporal_embedding[:, : layout.frames, None, :]
+        return x.view(BT, N, D)
+
+
+class TemporalAdaptation(nn.Module):
+    """pre_attn site: x + drop_path(T-Adapter(attn(norm1(x) across frames)))."""
+
+    def __init__(self, dim: int, hidden: int, num_tadapter: int, drop_path: float) -> None:
+        super().__init__()
+        self.adapter_in = Bottleneck(dim, hidden, skip=True) if num_tadapter == 2 else None
+        self.adapter = Bottleneck(dim, hidden, skip=False)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, block: Block, layout: TokenLayout) -> Tensor:
+        BT, N, D = x.shape
+        B, T = layout.batch, layout.frames
+        xt = x.view(B, T, N, D).transpose(1, 2).reshape(B * N, T, D)  # [B*N, T, D]
+        h = block.norm1(xt)
+        if self.adapter_in is not None:
+            h = self.adapter_in(h)
+        h = self.adapter(block.attn(h, layout))  # [B*N, T, D]
+        h = h.view(B, N, T, D).transpose(1, 2).reshape(BT, N, D)  # [B*T, N, D]
+        return x + self.drop_path(h)
+
+
+class SpatialAdapter(nn.Module):
+    """post_attn site: the attention output through an adapter with skip."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.adapter = Bottleneck(dim, hidden, skip=True)
+
+    def forward(self, a: Tensor, block: Block, layout: TokenLayout) -> Tensor:
+        return self.adapter(a)
+
+
+class JointAdapter(nn.Module):
+    """parallel_mlp site: drop_path(s * MLP-Adapter(norm2(x))), added to the MLP output."""
+
+    def __init__(self, dim: int, hidden: int, scale: float, drop_path: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.adapter = Bottleneck(dim, hidden, skip=False)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, h: Tensor, block: Block, layout: TokenLayout) -> Tensor:
+        return self.drop_path(self.scale * self.adapter(h))
+
+
+@register_method("aim", AIMConfig)
+def apply_aim(model, cfg: AIMConfig):
+    vit: ViT = model.backbone
+    dim = vit.width
+    hidden = int(dim * cfg.bottleneck_ratio)
+    rates = linear_schedule(cfg.drop_path, len(vit.blocks))
+    trainable: list[nn.Module] = [vit.norm]  # AIM tunes ln_post
+    if cfg.temporal_embedding:
+        embedding = TemporalEmbedding(model.num_frames, dim)
+        vit.embed_sites.append(embedding)
+        trainable.append(embedding)
+    for block, rate in zip(vit.blocks, rates):
+        new = []
+        if cfg.temporal:
+            new.append(("pre_attn", TemporalAdaptation(dim, hidden, cfg.num_tadapter, rate)))
+        if cfg.spatial:
+            new.append(("post_attn", SpatialAdapter(dim, hidden)))
+        if cfg.joint:
+            new.append(("parallel_mlp", JointAdapter(dim, hidden, cfg.adapter_scale, rate)))
+        for site, module in new:
+            getattr(block, site).append(module)
+            trainable.append(module)
+    return trainable

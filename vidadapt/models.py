@@ -1,0 +1,179 @@
+"""Video classifier = frozen image ViT over frames + the methods attached to it + a linear head."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import ViT
+from .methods import parse_methods
+from .methods.registry import Trainable
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model's architecture (stored in checkpoints)."""
+
+    method: str  # "aim", or stacked methods "lora+aim"
+    backbone: str  # preset name, e.g. "vit_b16_clip"
+    num_classes: int  # size of the classification head
+    num_frames: int = 8  # frames per clip T (AIM's temporal embedding has T rows)
+    image_size: int = 224  # input side; position embeddings are resampled to it
+    dropout: float = 0.5  # dropout before the head
+    drop_path: float = 0.0  # backbone stochastic depth (only matters when the backbone trains)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method name → its options
+
+
+class VideoClassifier(nn.Module):
+    """Frames ``[B, T, 3, H, W]`` → logits ``[B, num_classes]``.
+
+    Per frame the backbone gives the final-norm class token; frames are averaged, then dropout
+    and a Linear head. Methods attach to ``self.backbone``'s extension sites; only the
+    parameters they declare (plus the head) train, and fully frozen modules stay in eval mode.
+    """
+
+    def __init__(
+        self, backbone: ViT, num_classes: int, num_frames: int, dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_frames = num_frames
+        # ST-Adapter averages the frames before the final norm, AIM after it.
+        self.norm_before_pool = True
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.width, num_classes)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+        self.parts: dict[str, list[str]] = {}  # method name → names of the parameters it trains
+        self.spec: ModelSpec | None = None
+
+    def frame_features(self, video: Tensor) -> Tensor:
+        """Final-norm class token of every frame, ``[B, T, D]``."""
+        return self.backbone(video)
+
+    def video_features(self, video: Tensor) -> Tensor:
+        """One feature per clip, ``[B, D]``."""
+        tokens, _, layout = self.backbone.forward_tokens(video)
+        cls = tokens[:, 0].view(layout.batch, layout.frames, -1)  # [B, T, D]
+        if self.norm_before_pool:
+            return self.backbone.norm(cls).mean(dim=1)
+        return self.backbone.norm(cls.mean(dim=1))
+
+    def forward(self, video: Tensor) -> Tensor:
+        return self.head(self.dropout(self.video_features(video)))
+
+    # ---- trainable set -------------------------------------------------------------------
+
+    def set_trainable(self, parts: dict[str, Trainable]) -> None:
+        """Freeze everything, then unfreeze the head and what each method declared."""
+        self.requires_grad_(False)
+        ids = {}
+        for name, objects in {"head": [self.head], **parts}.items():
+            params = []
+            for obj in objects:
+                params += [obj] if isinstance(obj, nn.Parameter) else list(obj.parameters())
+            for p in params:
+                p.requires_grad_(True)
+                ids.setdefault(id(p), name)
+        self.parts = {name: [] for name in ["head", *parts]}
+        for pname, p in self.named_parameters():
+            if id(p) in ids:
+                self.parts[ids[id(p)]].append(pname)
+
+    def train(self, mode: bool = True) -> VideoClassifier:
+        super().train(mode)
+        if mode:  # frozen modules never switch to training behaviour
+            for module in self.modules():
+                params = list(module.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    module.eval()
+        return self
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Only the tuned weights: what an adapter checkpoint stores."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        expected = {n for n, p in self.named_parameters() if p.requires_grad}
+        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        if missing or unexpected:
+            raise KeyError(f"adapter weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """``total``, ``tunable`` and tunable parameters per part (``head`` and each method)."""
+        params = dict(self.named_parameters())
+        counts = {name: sum(params[n].numel() for n in names) for name, names in self.parts.items()}
+        counts["tunable"] = sum(p.numel() for p in params.values() if p.requires_grad)
+        counts["total"] = sum(p.numel() for p in params.values())
+        return counts
+
+    def print_trainable_parameters(self) -> None:
+        c = self.parameter_counts()
+        print(
+            f"trainable params: {c['tunable']:,} || all params: {c['total']:,} "
+            f"|| trainable%: {100 * c['tunable'] / c['total']:.4f}"
+        )
+
+
+def create_model(
+    method: str | Iterable[str],
+    backbone: str | ViT = "vit_b16_clip",
+    num_classes: int = 400,
+    num_frames: int = 8,
+    pretrained: str | None = None,
+    image_size: int | None = None,
+    dropout: float = 0.5,
+    drop_path: float = 0.0,
+    **options: Any,
+) -> VideoClassifier:
+    """Build a video classifier: backbone (+ pretrained weights), head, then the method(s).
+
+    ``method`` is one registered name, ``"a+b"`` or a list to stack methods in order. For one
+    method, ``options`` are its config fields (``create_model("aim", temporal=False)``); for a
+    stack, pass one dict per method (``create_model("lora+aim", lora={"rank": 4}, aim={})``).
+    """
+    methods = parse_methods(method)
+    names = [m.name for m in methods]
+    if len(methods) == 1:
+        per_method = {names[0]: options.pop(names[0], options)}
+    else:
+        extra = sorted(set(options) - set(names))
+        if extra:
+            raise TypeError(f"stacked methods take options per method name; got {extra}")
+        per_method = {n: options.get(n, {}) for n in names}
+
+    if isinstance(backbone, ViT):
+        vit, backbone_name = backbone, "custom"
+    else:
+        from .checkpoints import create_backbone  # heavy file readers load only when needed
+
+        overrides = {"drop_path": drop_path}
+        if image_size is not None:
+            overrides["image_size"] = image_size
+        vit, backbone_name = create_backbone(backbone, pretrained=pretrained, **overrides), backbone
+    model = VideoClassifier(vit, num_classes, num_frames, dropout)
+    parts = {}
+    for m in methods:
+        cfg = m.make_config(per_method[m.name])
+        parts[m.name] = list(m.apply(model, cfg))
+        per_method[m.name] = asdict(cfg)
+    model.set_trainable(parts)
+    model.spec = ModelSpec(
+        method="+".join(names),
+        backbone=backbone_name,
+        num_classes=num_classes,
+        num_frames=num_frames,
+        image_size=vit.cfg.image_size,
+        dropout=dropout,
+        drop_path=drop_path,
+        options=per_method,
+    )
+    return model
