@@ -1,5 +1,13 @@
 """Video data: annotation formats, decoding, frame sampling, transforms and the synthetic set."""
 
 from .annotations import Annotation, VideoRecord, load_annotation, write_annotation
+from .decode import BadVideoError, DecordReader, PyAVReader, RawFrameReader, VideoReader
+from .sampling import DenseSampler, FrameSampler, UniformSampler
+from .transforms import TransformConfig, build_transform, mirror_label_map
 
-__all__ = ["Annotation", "VideoRecord", "load_annotation", "write_annotation"]
+__all__ = [
+    "Annotation", "VideoRecord", "load_annotation", "write_annotation",
+    "BadVideoError", "DecordReader", "PyAVReader", "RawFrameReader", "VideoReader",
+    "DenseSampler", "FrameSampler", "UniformSampler",
+    "TransformConfig", "build_transform", "mirror_label_map",
+]
