@@ -1,0 +1,120 @@
+"""Exact resumption: a run killed mid-epoch and resumed ends bit-identical to an uninterrupted
+one; data order and loader workers are pure functions of (seed, epoch); saves are atomic."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_training import TemplateClips, tiny_config, tiny_model, train_tiny
+from torch.utils.data import Dataset
+
+from vidadapt.engine.checkpoint import atomic_write, load_resume_state
+from vidadapt.engine.data import ShardedSampler, make_loader
+from vidadapt.engine.logs import read_log
+from vidadapt.engine.trainer import Trainer
+from vidadapt.errors import CheckpointError
+
+HELPER = Path(__file__).with_name("tiny_training.py")
+# Dropout, drop-path and mixup all draw random numbers, so any RNG slip would show.
+SECTIONS = {"train": {"save_every_steps": 3}, "optim": {"mixup_alpha": 0.8}}
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("time", "clips_per_s")} for r in records]
+
+
+def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path):
+    reference, ref_summary = train_tiny(tiny_config(str(tmp_path / "ref"), **SECTIONS))
+
+    # 2 epochs x 4 steps; states are saved at steps 3, 4 (epoch end), 6, 8. The process dies
+    # right after step 7, so step 7 is lost and must be redone from the mid-epoch save at 6.
+    work_dir = tmp_path / "run"
+    command = [sys.executable, str(HELPER), str(work_dir), "--exit-after", "7",
+               "--sections", json.dumps(SECTIONS)]
+    killed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 1, killed.stderr
+    progress = load_resume_state(work_dir / "resume.pt")["progress"]
+    assert (progress["epoch"], progress["step"], progress["step_in_epoch"]) == (1, 6, 2)
+    assert [r["step"] for r in read_log(work_dir, "train")] == [2, 4, 6]  # 8 never happened
+
+    resumed, summary = train_tiny(tiny_config(str(work_dir), **SECTIONS), resume=True)
+
+    assert summary == ref_summary
+    assert summary["steps"] == 8
+    ref_weights = reference.model.trainable_state_dict()
+    for name, value in resumed.model.trainable_state_dict().items():
+        assert torch.equal(value, ref_weights[name]), name
+    # The log holds each step once, with the very same losses and validation results.
+    assert without_timing(read_log(work_dir)) == without_timing(read_log(tmp_path / "ref"))
+    assert [r["step"] for r in read_log(work_dir, "val")] == [4, 8]
+
+
+def test_resume_refuses_another_backbone_or_batch_size(tmp_path):
+    cfg = tiny_config(str(tmp_path), train={"save_every_steps": 2}, optim={"epochs": 1})
+    train_tiny(cfg)
+    other = tiny_model(cfg)
+    with torch.no_grad():
+        other.backbone.blocks[0].mlp.fc1.weight.add_(1.0)
+    trainer = Trainer(cfg, other, TemplateClips(32, seed=0))
+    with pytest.raises(CheckpointError, match="trained on backbone .* pass the same --set model.pretrained"):
+        trainer.fit(resume=True)
+
+    bigger = tiny_config(str(tmp_path), data={"batch_size": 16}, optim={"epochs": 1})
+    trainer = Trainer(bigger, tiny_model(bigger), TemplateClips(32, seed=0))
+    with pytest.raises(CheckpointError, match="4 steps per epoch, this run 2"):
+        trainer.fit(resume=True)
+
+
+def test_resume_without_a_saved_state_says_so(tmp_path):
+    cfg = tiny_config(str(tmp_path))
+    with pytest.raises(CheckpointError, match="no resume state"):
+        Trainer(cfg, tiny_model(cfg), TemplateClips(8, seed=0)).fit(resume=True)
+
+
+class RandomDraws(Dataset):
+    """Each item is a draw from the global torch RNG of whichever process loads it."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> dict:
+        return {"draw": torch.rand(()), "index": index}
+
+
+def epoch_draws(epoch: int, num_workers: int, start: int = 0) -> tuple[list[int], list[float]]:
+    sampler = ShardedSampler(12, shuffle=True, seed=5, samples_per_epoch=12)
+    sampler.set_epoch(epoch, start)
+    batches = list(make_loader(RandomDraws(), sampler, 3, num_workers, seed=5))
+    return (torch.cat([b["index"] for b in batches]).tolist(),
+            torch.cat([b["draw"] for b in batches]).tolist())
+
+
+def test_data_order_and_worker_seeds_depend_only_on_seed_and_epoch():
+    rng_before = torch.get_rng_state()
+    order, draws = epoch_draws(epoch=0, num_workers=2)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the training RNG is untouched
+    assert epoch_draws(epoch=0, num_workers=2) == (order, draws)
+    assert sorted(order) == list(range(12))
+    other_order, other_draws = epoch_draws(epoch=1, num_workers=2)
+    assert other_order != order and other_draws != draws
+    # A resumed epoch skips what was consumed and continues the same order.
+    assert epoch_draws(epoch=0, num_workers=0, start=6)[0] == order[6:]
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "state.pt"
+    atomic_write(path, lambda tmp: torch.save({"step": 1}, tmp))
+
+    def dies_halfway(tmp: Path) -> None:
+        tmp.write_bytes(b"half a checkp")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, dies_halfway)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]

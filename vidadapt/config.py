@@ -1,0 +1,400 @@
+"""Experiment configs: typed dataclasses read from YAML recipes.
+
+A recipe is a YAML file with the sections of :class:`ExperimentConfig`. It may start from other
+recipes (``_base_: ../base.yaml`` or a list; later files and keys win, mappings merge key by
+key) and every command accepts ``--set a.b=c`` overrides, whose values are read as YAML
+(``--set optim.betas=[0.9,0.98]``). Loading checks every key and type and reports the first
+problem as one :class:`ConfigError` line naming the file and key::
+
+    configs/aim/k400.yaml: optim.lrr: unknown key; did you mean 'lr'?
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .backbones import PRESETS
+from .data.transforms import TransformConfig
+from .errors import ConfigError
+from .methods import parse_methods
+
+# ---- sections ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    method: str = "aim"  # registered method, or methods stacked in order: "lora+aim"
+    backbone: str = "vit_b16_clip"  # architecture preset (vidadapt.backbones.PRESETS)
+    pretrained: str | None = None  # image checkpoint (CLIP .pt, safetensors...); None = random
+    num_classes: int | None = None  # head size; None = the training annotation's class count
+    num_frames: int = 8  # frames per clip T (also the frame sampler's clip length)
+    image_size: int | None = None  # input side; None = data.transform.size (the crop size)
+    dropout: float = 0.5  # dropout before the head
+    drop_path: float = 0.0  # backbone stochastic depth (only matters when the backbone trains)
+
+
+@dataclass
+class SamplerConfig:
+    type: Literal["dense", "uniform"] = "dense"  # dense: `interval` apart; uniform: 1 per segment
+    interval: int = 16  # dense only: frames between sampled frames ("8x16")
+    short_video: Literal["loop", "repeat"] = "loop"  # dense only: fill for clips past the end
+
+
+@dataclass
+class SyntheticConfig:
+    num_train: int = 64  # training videos (spread evenly over the classes)
+    num_val: int = 32  # validation videos
+    frames: int = 16  # frames per video
+    size: int = 64  # frame side in pixels
+    seed: int = 0  # the set is a pure function of these numbers
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["files", "synthetic"] = "files"  # synthetic: made into `root` on first use
+    format: str = "auto"  # annotation format (see vidadapt.data.annotations.FORMATS)
+    train: str | None = None  # training annotation file
+    val: str | None = None  # validation annotation (evaluated during training)
+    test: str | None = None  # test annotation (for `vidadapt eval --split test`)
+    root: str | None = None  # folder the video paths are relative to (default: the file's)
+    classes: str | None = None  # class-name file, one per line (default: the annotation's own)
+    shots: int | None = None  # few-shot: training videos kept per class (None = all)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # which frames form a clip
+    transform: TransformConfig = field(default_factory=TransformConfig)  # crops, augmentation
+    batch_size: int = 64  # clips per optimizer step, summed over GPUs and accumulation steps
+    eval_batch_size: int = 8  # videos per GPU per evaluation step (each with all its views)
+    num_workers: int = 8  # loader processes per GPU
+    test_clips: int = 3  # temporal clips per video in `vidadapt eval` (1 during training);
+    # spatial crops per clip are data.transform.test_crops
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # dataset: synthetic
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4  # peak learning rate, reached after warmup
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    weight_decay: float = 0.05  # AdamW decay; never on biases, norms and embeddings
+    epochs: int = 30  # passes over the training set
+    warmup_epochs: float = 2.5  # linear warmup (per step), then cosine decay to 0
+    lr_mult: dict[str, float] = field(default_factory=dict)  # param-name regex → lr factor
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping
+    accum_steps: int = 1  # micro-batches per optimizer step (part of data.batch_size)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    mixup_alpha: float = 0.0  # Beta(a, a) mixup of two clips; 0 = off
+    cutmix_alpha: float = 0.0  # CutMix, one box on all frames; with mixup, one of the two per step
+
+
+@dataclass
+class TrainConfig:
+    amp: Literal["bf16", "fp16", "off"] = "bf16"  # mixed precision on CUDA (CPU runs fp32)
+    eval_every: int = 1  # epochs between validations; 0 = only after the last epoch
+    save_every_steps: int = 0  # also save the resume state every N steps; 0 = per epoch only
+    log_every: int = 10  # optimizer steps between log records
+    seed: int = 0  # seeds the init, and with the epoch the data order and augmentation
+    compile: bool = False  # torch.compile the model
+    grad_checkpointing: bool = False  # recompute block activations in backward (less memory)
+    work_dir: str | None = None  # outputs; default runs/<recipe file name>
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # what to build
+    method: dict[str, Any] = field(default_factory=dict)  # method options (stacked: per name)
+    data: DataConfig = field(default_factory=DataConfig)  # what to read
+    optim: OptimConfig = field(default_factory=OptimConfig)  # how to step
+    train: TrainConfig = field(default_factory=TrainConfig)  # how to run
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def method_options(self) -> dict[str, dict[str, Any]]:
+        """``{method name: options}`` for ``create_model(..., **options)``."""
+        names = [m.name for m in parse_methods(self.model.method)]
+        if len(names) == 1:
+            return {names[0]: dict(self.method)}
+        return {name: dict(self.method.get(name) or {}) for name in names}
+
+
+# ---- value checks that types cannot express ---------------------------------------------------
+
+_AT_LEAST_1 = "an integer >= 1"
+_NON_NEGATIVE = "a number >= 0"
+RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "model.num_classes": (lambda v: v is None or v >= 1, _AT_LEAST_1),
+    "model.num_frames": (lambda v: v >= 1, _AT_LEAST_1),
+    "model.dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "model.drop_path": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "data.sampler.interval": (lambda v: v >= 1, _AT_LEAST_1),
+    "data.shots": (lambda v: v is None or v >= 1, _AT_LEAST_1),
+    "data.batch_size": (lambda v: v >= 1, _AT_LEAST_1),
+    "data.eval_batch_size": (lambda v: v >= 1, _AT_LEAST_1),
+    "data.num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "data.test_clips": (lambda v: v >= 1, _AT_LEAST_1),
+    "optim.lr": (lambda v: v > 0, "a number > 0"),
+    "optim.betas": (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "optim.weight_decay": (lambda v: v >= 0, _NON_NEGATIVE),
+    "optim.epochs": (lambda v: v >= 1, _AT_LEAST_1),
+    "optim.warmup_epochs": (lambda v: v >= 0, _NON_NEGATIVE),
+    "optim.grad_clip": (lambda v: v is None or v > 0, "a number > 0, or null for no clipping"),
+    "optim.accum_steps": (lambda v: v >= 1, _AT_LEAST_1),
+    "optim.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "optim.mixup_alpha": (lambda v: v >= 0, _NON_NEGATIVE),
+    "optim.cutmix_alpha": (lambda v: v >= 0, _NON_NEGATIVE),
+    "train.eval_every": (lambda v: v >= 0, "an integer >= 0"),
+    "train.save_every_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "train.log_every": (lambda v: v >= 1, _AT_LEAST_1),
+}
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read a YAML recipe (following ``_base_``), apply ``--set`` overrides, check it all."""
+    data, origins = _read_with_bases(Path(path), chain=())
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+        origins[key] = "--set"
+    cfg = config_from_dict(data, origins, default_origin=str(path))
+    if cfg.train.work_dir is None:
+        cfg.train.work_dir = str(Path("runs") / Path(path).stem)
+    return cfg
+
+
+def config_from_dict(
+    data: dict[str, Any], origins: dict[str, str] | None = None, default_origin: str = "config"
+) -> ExperimentConfig:
+    """Build and check an :class:`ExperimentConfig` from plain data (e.g. a checkpoint's).
+
+    ``origins`` maps dotted keys to the file (or ``--set``) that gave them, for messages.
+    """
+    where = _Where(origins or {}, default_origin)
+    cfg = _build(ExperimentConfig, data, "", where)
+    for key, (ok, allowed) in RULES.items():
+        value = _get_dotted(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{where(key)}: {key}: {value!r} is not allowed; use {allowed}")
+    _check_transform(cfg, where)
+    _check_model(cfg, where)
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=1e-3"`` → ``("optim.lr", 0.001)``; the value is read as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-3")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item!r}: cannot read the value as YAML ({err})") from err
+    return key.strip(), value
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+    """The merged mapping of ``path`` and its bases, and the file each leaf key came from."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: _base_ chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    bases = data.pop("_base_", [])
+    merged: dict = {}
+    origins: dict[str, str] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        base_data, base_origins = _read_with_bases(path.parent / base, chain + (path.resolve(),))
+        _merge(merged, base_data)
+        origins.update(base_origins)
+    _merge(merged, data)
+    origins.update({key: str(path) for key in _leaf_keys(data)})
+    return merged, origins
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _leaf_keys(data: dict, prefix: str = "") -> Iterable[str]:
+    for key, value in data.items():
+        yield prefix + str(key)
+        if isinstance(value, dict):
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        child = data.setdefault(part, {})
+        if not isinstance(child, dict):  # e.g. --set model=x then --set model.y=z
+            child = data[part] = {}
+        data = child
+    data[last] = value
+
+
+def _get_dotted(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class _Where:
+    """Names the file a key came from: its own origin, else its nearest parent's."""
+
+    def __init__(self, origins: dict[str, str], default: str) -> None:
+        self.origins, self.default = origins, default
+
+    def __call__(self, key: str) -> str:
+        while key:
+            if key in self.origins:
+                return self.origins[key]
+            key = key.rpartition(".")[0]
+        return self.default
+
+
+# ---- typed conversion -------------------------------------------------------------------------
+
+
+def _build(cls: type, data: Any, prefix: str, where: _Where) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, converting and checking every field."""
+    section = prefix.rstrip(".") or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where(section)}: {section}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(names)}"
+            raise ConfigError(f"{where(prefix + str(key))}: {prefix}{key}: unknown key; {hint}")
+        values[key] = _convert(value, hints[key], prefix + key, where)
+    return cls(**values)
+
+
+def _convert(value: Any, tp: Any, key: str, where: _Where) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key, where)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{where(key)}: {key}: {value!r} is not one of {choices}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(
+                f"{where(key)}: {key}: expected a list of {len(args)} values, got {value!r}"
+            )
+        items = enumerate(zip(value, args, strict=True))
+        return tuple(_convert(v, t, f"{key}[{i}]", where) for i, (v, t) in items)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where(key)}: {key}: expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where(key)}: {key}: expected a mapping, got {value!r}")
+        return {
+            _convert(k, args[0], f"{key}.{k}", where): _convert(v, args[1], f"{key}.{k}", where)
+            for k, v in value.items()
+        }
+    return _convert_scalar(value, tp, key, where)
+
+
+def _convert_scalar(value: Any, tp: type, key: str, where: _Where) -> Any:
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; it is a float to anyone writing a recipe.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:
+        raise TypeError(f"config field {key} has an unsupported type {tp}")
+    if not ok:
+        raise ConfigError(f"{where(key)}: {key}: expected {tp.__name__}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def _check_transform(cfg: ExperimentConfig, where: _Where) -> None:
+    """The crop pipeline can work, and the model's input side is the crop size."""
+    try:
+        cfg.data.transform.validate()
+    except ConfigError as err:
+        raise ConfigError(f"{where('data.transform')}: {err}") from err
+    size = cfg.data.transform.size
+    if cfg.model.image_size is None:
+        cfg.model.image_size = size
+    elif cfg.model.image_size != size:
+        raise ConfigError(
+            f"{where('model.image_size')}: model.image_size: {cfg.model.image_size} differs from "
+            f"the crop size data.transform.size {size}; set only data.transform.size"
+        )
+
+
+def _check_model(cfg: ExperimentConfig, where: _Where) -> None:
+    """The backbone exists and the method options fit the method's config."""
+    if cfg.model.backbone not in PRESETS:
+        near = difflib.get_close_matches(cfg.model.backbone, PRESETS, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"choose one of {', '.join(PRESETS)}"
+        raise ConfigError(
+            f"{where('model.backbone')}: model.backbone: unknown preset "
+            f"{cfg.model.backbone!r}; {hint}"
+        )
+    try:
+        methods = parse_methods(cfg.model.method)
+        if len(methods) > 1:
+            extra = sorted(set(cfg.method) - {m.name for m in methods})
+            if extra:
+                raise ConfigError(
+                    f"stacked methods take options per method name ({cfg.model.method}); "
+                    f"unexpected {extra}"
+                )
+        for name, options in cfg.method_options().items():
+            next(m for m in methods if m.name == name).make_config(options)
+    except (ConfigError, ValueError, TypeError) as err:
+        key = "method" if cfg.method else "model.method"
+        raise ConfigError(f"{where(key)}: {key}: {err}") from err
+
+
+def _plain(value: Any) -> Any:
+    """Tuples → lists, recursively, so the dict is plain YAML/JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,367 @@
+"""The training loop.
+
+One optimizer step consumes ``data.batch_size`` clips: ``optim.accum_steps`` micro-batches on
+each of the ``world_size`` processes. The learning rate follows a per-step linear warmup and
+cosine decay to 0 (a pure function of the step, so resuming needs no scheduler object).
+AdamW skips weight decay on biases, norms and embeddings. Mixed precision runs on CUDA only.
+
+Everything random is either derived from (seed, epoch, step, rank) — data order, loader
+workers, mixup — or drawn from the global RNGs whose states are saved, so ``--resume``
+continues a killed run exactly: same batches, same dropout masks, same final weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from ..config import ExperimentConfig
+from ..errors import CheckpointError, ConfigError, UserError
+from ..models import VideoClassifier
+from .checkpoint import (
+    backbone_fingerprint,
+    load_resume_state,
+    rng_state,
+    save_adapter,
+    save_resume_state,
+    set_rng_state,
+)
+from .data import ShardedSampler, derive_seed, make_loader
+from .distributed import DistInfo, all_gather_objects, all_reduce_mean
+from .evaluate import classification_metrics, predict, write_metrics
+from .logs import RunLogger
+from .mixup import mix_clips
+from .optim import build_optimizer, lr_factor, set_lr
+
+logger = logging.getLogger("vidadapt")
+
+RESUME_FILE = "resume.pt"  # full state for --resume
+BEST_FILE = "best.safetensors"  # adapter weights with the best validation top-1
+LAST_FILE = "last.safetensors"  # adapter weights after the last epoch
+SUMMARY_KEYS = ("top1", "top5", "mean_class_accuracy")  # the metrics logged per validation
+
+
+class DivergedError(UserError):
+    """The loss became NaN or infinite; training stopped before the weights were touched."""
+
+
+@dataclass
+class Progress:
+    """Where training stands (saved in the resume state)."""
+
+    epoch: int = 0  # epoch in progress, from 0
+    step: int = 0  # optimizer steps done since the start
+    step_in_epoch: int = 0  # optimizer steps done in `epoch`
+    best_top1: float = -1.0  # best validation top-1 so far; -1 before the first validation
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device``; None = fp32 (always on CPU)."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def micro_batch_size(batch_size: int, world_size: int, accum_steps: int) -> int:
+    """Clips per forward pass on one process."""
+    parts = world_size * accum_steps
+    if batch_size % parts:
+        raise ConfigError(
+            f"data.batch_size {batch_size} does not split over {world_size} process(es) × "
+            f"optim.accum_steps {accum_steps}; use a multiple of {parts}"
+        )
+    return batch_size // parts
+
+
+def classification_loss(logits: Tensor, target: Tensor, smoothing: float) -> Tensor:
+    """Cross-entropy on class indices ``[B]``, or on soft targets ``[B, C]`` (mixup/CutMix,
+    which already include the smoothing)."""
+    if target.ndim == 2:
+        return F.cross_entropy(logits.float(), target)
+    return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+
+
+class Trainer:
+    """Fits ``model`` to ``train_set`` as ``cfg`` says, validating on ``val_set``.
+
+    Datasets return dicts with ``"video"`` (``[T, 3, H, W]`` for training; ``[V, T, 3, H, W]``
+    or ``[T, 3, H, W]`` for validation), ``"label"`` and ``"index"``. Outputs go to
+    ``cfg.train.work_dir``: ``log.jsonl``, TensorBoard events, ``config.yaml``, the resume
+    state and the adapter checkpoints (written by rank 0 only).
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        model: VideoClassifier,
+        train_set: Dataset,
+        val_set: Dataset | None = None,
+        classes: list[str] | None = None,
+        dist: DistInfo | None = None,
+    ) -> None:
+        self.cfg, self.dist = cfg, dist or DistInfo()
+        self.device = self.dist.device
+        self.work_dir = Path(cfg.train.work_dir or "runs/default")
+        self.model = model.to(self.device)
+        self.train_set, self.val_set = train_set, val_set
+        self.classes = classes or [str(i) for i in range(model.spec.num_classes)]
+        self.fingerprint = backbone_fingerprint(self.model)
+
+        opt = cfg.optim
+        self.optimizer = build_optimizer(
+            self.model, opt.lr, opt.weight_decay, opt.betas, opt.lr_mult
+        )
+        self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
+        self.ddp = DistributedDataParallel(self.model) if self.dist.enabled else self.model
+        self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+
+        self.micro_batch = micro_batch_size(
+            cfg.data.batch_size, self.dist.world_size, opt.accum_steps
+        )
+        self.steps_per_epoch = len(train_set) // cfg.data.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"the training set has {len(train_set)} videos, fewer than one batch "
+                f"(data.batch_size {cfg.data.batch_size})"
+            )
+        self.total_steps = self.steps_per_epoch * opt.epochs
+        self.warmup_steps = round(opt.warmup_epochs * self.steps_per_epoch)
+        self.train_sampler = ShardedSampler(
+            len(train_set), shuffle=True, seed=cfg.train.seed, rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            samples_per_epoch=self.steps_per_epoch * cfg.data.batch_size,
+        )
+        self.progress = Progress()
+        self.log = RunLogger(self.work_dir, enabled=False)
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def fit(
+        self, resume: bool = False, on_step: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
+        """Train to the last epoch (from the saved state when ``resume``); returns a summary.
+
+        ``on_step(step)`` is called after every optimizer step (and any save at that step).
+        """
+        if resume:
+            self._load_resume_state()
+        else:
+            self._seed_training_rngs()
+        self.log = RunLogger(self.work_dir, self.dist.is_main, resume_step=self.progress.step)
+        if self.dist.is_main:
+            (self.work_dir / "config.yaml").write_text(self.cfg.to_yaml())
+            logger.info("training %s: %d steps of %d clips (%d per epoch), work dir %s",
+                        self.model.spec.method, self.total_steps, self.cfg.data.batch_size,
+                        self.steps_per_epoch, self.work_dir)
+        metrics = None
+        for epoch in range(self.progress.epoch, self.cfg.optim.epochs):
+            self._train_epoch(epoch, on_step)
+            self.progress.epoch, self.progress.step_in_epoch = epoch + 1, 0
+            if self._validation_due(epoch):
+                metrics = self.validate()
+            self._save_resume_state()
+        if self.dist.is_main:
+            self._save_adapter(LAST_FILE)
+            if metrics is not None:
+                write_metrics(metrics, self.work_dir, "val")
+        self.log.close()
+        return {
+            "steps": self.progress.step,
+            "best_top1": self.progress.best_top1 if self.progress.best_top1 >= 0 else None,
+            "val": None if metrics is None else {k: metrics[k] for k in SUMMARY_KEYS},
+        }
+
+    def _train_epoch(self, epoch: int, on_step: Callable[[int], None] | None) -> None:
+        accum = self.cfg.optim.accum_steps
+        first = self.progress.step_in_epoch
+        self.train_sampler.set_epoch(epoch, start=first * accum * self.micro_batch)
+        if hasattr(self.train_set, "set_epoch"):  # per-epoch augmentation seeds
+            self.train_set.set_epoch(epoch)
+        batches = iter(self._loader(self.train_set, self.train_sampler, self.micro_batch))
+        bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not self.dist.is_main,
+                   desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}", dynamic_ncols=True)
+        self.model.train()
+        losses = []  # since the last log record
+        save_every = self.cfg.train.save_every_steps
+        for _ in range(first, self.steps_per_epoch):
+            started = time.perf_counter()
+            schedule = lr_factor(self.progress.step, self.warmup_steps, self.total_steps)
+            lr = self.cfg.optim.lr * schedule
+            losses.append(self._train_step([next(batches) for _ in range(accum)], lr))
+            clips_per_s = self.cfg.data.batch_size / (time.perf_counter() - started)
+            self.progress.step += 1
+            self.progress.step_in_epoch += 1
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", clips_s=f"{clips_per_s:.1f}")
+            end_of_epoch = self.progress.step_in_epoch == self.steps_per_epoch
+            if self.progress.step % self.cfg.train.log_every == 0 or end_of_epoch:
+                fraction = self.progress.step_in_epoch / self.steps_per_epoch
+                self.log.log("train", self.progress.step, epoch=epoch + fraction,
+                             loss=sum(losses) / len(losses), lr=lr, clips_per_s=clips_per_s)
+                losses = []
+            if save_every and self.progress.step % save_every == 0:
+                self._save_resume_state()
+            if on_step is not None:
+                on_step(self.progress.step)
+        bar.close()
+
+    def _train_step(self, micro_batches: list[dict[str, Any]], lr: float) -> float:
+        """Forward/backward every micro-batch, then one optimizer step at learning rate ``lr``;
+        returns the loss averaged over the micro-batches of all processes."""
+        total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            video, target = self._inputs(batch, i)
+            # Gradients are averaged over processes once per step, on the last micro-batch.
+            last = i == len(micro_batches) - 1
+            with nullcontext() if last or not self.dist.enabled else self.ddp.no_sync():
+                with self._autocast():
+                    logits = self.forward(video)
+                loss = classification_loss(logits, target, self.cfg.optim.label_smoothing)
+                scaled = loss / len(micro_batches)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += loss.detach()
+        loss = all_reduce_mean(total / len(micro_batches), self.dist).item()
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise DivergedError(
+                f"loss is {loss} at step {self.progress.step + 1}; stopped before updating the "
+                f"weights, the last good state is {self.work_dir / RESUME_FILE} (continue with "
+                "--resume). Try a lower optim.lr, optim.grad_clip, or train.amp=bf16, not fp16"
+            )
+        self._optimizer_step(lr)
+        return loss
+
+    def _inputs(self, batch: dict[str, Any], micro_index: int) -> tuple[Tensor, Tensor]:
+        video = batch["video"].to(self.device, non_blocking=True)  # [B, T, 3, H, W]
+        labels = torch.as_tensor(batch["label"]).to(self.device)
+        opt = self.cfg.optim
+        if opt.mixup_alpha == 0 and opt.cutmix_alpha == 0:
+            return video, labels
+        # A generator per (step, rank, micro-batch) keeps mixing reproducible across resumes.
+        rng = np.random.default_rng(
+            derive_seed(self.cfg.train.seed, self.progress.step, self.dist.rank, micro_index, "mix")
+        )
+        return mix_clips(video, labels, self.model.spec.num_classes, opt.mixup_alpha,
+                         opt.cutmix_alpha, opt.label_smoothing, rng)
+
+    def _optimizer_step(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+        if self.cfg.optim.grad_clip is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _seed_training_rngs(self) -> None:
+        """Dropout and drop-path draw from the global RNGs; every rank gets its own stream."""
+        seed = derive_seed(self.cfg.train.seed, self.dist.rank, "train")
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    # ---- validation ---------------------------------------------------------------------------
+
+    def _validation_due(self, epoch: int) -> bool:
+        if self.val_set is None:
+            return False
+        every, last = self.cfg.train.eval_every, epoch + 1 == self.cfg.optim.epochs
+        return last or (every > 0 and (epoch + 1) % every == 0)
+
+    def validate(self) -> dict[str, Any]:
+        """Score the validation set (all ranks), log it and keep the best checkpoint."""
+        sampler = ShardedSampler(len(self.val_set), shuffle=False, rank=self.dist.rank,
+                                 world_size=self.dist.world_size)
+        loader = self._loader(self.val_set, sampler, self.cfg.data.eval_batch_size)
+        scores = predict(self.model, loader, self.device, self.amp_dtype, self.dist,
+                         progress=self.dist.is_main)
+        metrics = classification_metrics(scores, self.classes)
+        summary = {k: metrics[k] for k in SUMMARY_KEYS}
+        self.log.log("val", self.progress.step, epoch=self.progress.epoch, **summary)
+        if self.dist.is_main:
+            logger.info("epoch %d val: top-1 %.2f, top-5 %.2f, mean class %.2f",
+                        self.progress.epoch, *summary.values())
+        if metrics["top1"] > self.progress.best_top1:
+            self.progress.best_top1 = metrics["top1"]
+            if self.dist.is_main:
+                self._save_adapter(BEST_FILE, metrics=summary)
+        return metrics
+
+    def _loader(self, dataset: Dataset, sampler: ShardedSampler, batch_size: int):
+        return make_loader(dataset, sampler, batch_size, self.cfg.data.num_workers,
+                           self.cfg.train.seed, pin_memory=self.device.type == "cuda")
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def _save_adapter(self, name: str, metrics: dict[str, float] | None = None) -> None:
+        info = {"epoch": self.progress.epoch, "step": self.progress.step, "metrics": metrics}
+        save_adapter(self.work_dir / name, self.model, self.fingerprint, self.cfg.to_dict(),
+                     self.classes, info)
+
+    def _save_resume_state(self) -> None:
+        rngs = all_gather_objects(rng_state(), self.dist)  # every rank's own streams
+        if not self.dist.is_main:
+            return
+        save_resume_state(self.work_dir / RESUME_FILE, {
+            "model": {k: v.cpu() for k, v in self.model.trainable_state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rngs,
+            "progress": asdict(self.progress),
+            "steps_per_epoch": self.steps_per_epoch,
+            "fingerprint": self.fingerprint,
+        })
+
+    def _load_resume_state(self) -> None:
+        path = self.work_dir / RESUME_FILE
+        state = load_resume_state(path)
+        if state["fingerprint"] != self.fingerprint:
+            raise CheckpointError(
+                f"{path} was trained on backbone {state['fingerprint']}, this model's is "
+                f"{self.fingerprint}; pass the same --set model.pretrained=... as before"
+            )
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise CheckpointError(
+                f"{path} has {state['steps_per_epoch']} steps per epoch, this run "
+                f"{self.steps_per_epoch}; resume with the same data and data.batch_size"
+            )
+        self.model.load_trainable_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if len(state["rng"]) == self.dist.world_size:
+            set_rng_state(state["rng"][self.dist.rank])
+        else:  # a different number of GPUs: same data, but new dropout streams
+            logger.warning("resuming on %d processes, saved with %d: RNG streams restart",
+                           self.dist.world_size, len(state["rng"]))
+            self._seed_training_rngs()
+        self.progress = Progress(**state["progress"])
+        if self.dist.is_main:
+            logger.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1,
+                        self.progress.step)
