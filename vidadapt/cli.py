@@ -11,6 +11,7 @@ from . import __version__
 from .errors import UserError
 
 COMMANDS = [
+    "make_synthetic",
 ]
 
 

@@ -3,6 +3,7 @@
 from .annotations import Annotation, VideoRecord, load_annotation, write_annotation
 from .decode import BadVideoError, DecordReader, PyAVReader, RawFrameReader, VideoReader
 from .sampling import DenseSampler, FrameSampler, UniformSampler
+from .synthetic import SyntheticClips, make_synthetic
 from .transforms import TransformConfig, build_transform, mirror_label_map
 
 __all__ = [
@@ -10,4 +11,5 @@ __all__ = [
     "BadVideoError", "DecordReader", "PyAVReader", "RawFrameReader", "VideoReader",
     "DenseSampler", "FrameSampler", "UniformSampler",
     "TransformConfig", "build_transform", "mirror_label_map",
+    "SyntheticClips", "make_synthetic",
 ]
