@@ -60,7 +60,7 @@ class ObjectTrack:
     shape: str  # one of MOVING_SHAPES or STATIC_SHAPES' values
     colour: np.ndarray  # [3] RGB in [0, 1]
     centre: np.ndarray  # [T, 2] (x, y) of the object centre
-    angle: np.ndarray  # [T] radians; growing angle = clockwise on screen
+    angle: np.ndarray  # [T] radians; an increasing angle turns clockwise on screen
     radius: np.ndarray  # [T] half-size: the shape spans about [-radius, radius]
     opacity: np.ndarray  # [T] 0 = invisible, 1 = opaque
 
@@ -101,11 +101,11 @@ def sample_track(class_id: int, rng: np.random.Generator, frames: int, size: int
 
 def _shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Signed distance-like field in object units (negative inside) at local coords (u, v)."""
-    au, av_ = np.abs(u), np.abs(v)
+    abs_u, abs_v = np.abs(u), np.abs(v)
     if shape == "square":
-        return np.maximum(au, av_) - 0.8
+        return np.maximum(abs_u, abs_v) - 0.8
     if shape == "bar":
-        return np.maximum(au - 1.0, av_ - 0.35)
+        return np.maximum(abs_u - 1.0, abs_v - 0.35)
     if shape == "triangle":  # equilateral, circumradius 1, one corner pointing along +u
         sides = [(np.cos(a), np.sin(a)) for a in np.deg2rad([180.0, 60.0, -60.0])]
         return np.max([nu * u + nv * v for nu, nv in sides], axis=0) - 0.5
@@ -115,7 +115,9 @@ def _shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "ring":
         return np.abs(radius - 0.7) - 0.25
     if shape == "cross":
-        return np.minimum(np.maximum(au - 1.0, av_ - 0.3), np.maximum(au - 0.3, av_ - 1.0))
+        horizontal = np.maximum(abs_u - 1.0, abs_v - 0.3)
+        vertical = np.maximum(abs_u - 0.3, abs_v - 1.0)
+        return np.minimum(horizontal, vertical)
     raise ValueError(f"unknown shape {shape!r}")
 
 
