@@ -13,6 +13,7 @@ from videos import (
     write_numbered_video,
 )
 
+from vidadapt.cli import main
 from vidadapt.data.annotations import Annotation, VideoRecord
 from vidadapt.data.dataset import SkipReport, VideoDataset, collate_samples
 from vidadapt.data.decode import RawFrameReader
@@ -198,3 +199,59 @@ def test_training_needs_one_clip_and_some_records(good_videos):
         VideoDataset(annotation(good_videos), DenseSampler(4, num_clips=2), keep)
     with pytest.raises(DataError, match="lists no videos"):
         VideoDataset(annotation([]), DenseSampler(4), keep)
+
+
+@pytest.fixture
+def list_with_bad_files(tmp_path, good_videos, bad_videos):
+    """A video list (mmaction2 format) of three good and six bad videos, relative paths."""
+    (tmp_path / "videos").mkdir()
+    lines = []
+    for i, source in enumerate([r.path for r in good_videos] + list(bad_videos)):
+        name = f"videos/{i}_{source.rsplit('/', 1)[-1]}"
+        (tmp_path / name).write_bytes(open(source, "rb").read())
+        lines.append(f"{name} {i % 3}\n")
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    (tmp_path / "train.txt").write_text("".join(lines))
+    return tmp_path / "train.txt"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_check_data_lists_every_bad_file_and_exits_1(list_with_bad_files, bad_videos, capsys,
+                                                     workers):
+    code = main(["check-data", str(list_with_bad_files), "--workers", str(workers),
+                 "--min-frames", str(TOO_FEW)])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert lines[-1] == "checked 9 files: 6 bad"
+    reported = dict(line.split(": ", 1) for line in lines[:-1])
+    folder = list_with_bad_files.parent / "videos"
+    expected = {str(folder / f"{i}_{name.rsplit('/', 1)[-1]}"): reason
+                for i, (name, reason) in enumerate(bad_videos.items(), start=3)}
+    assert sorted(reported) == sorted(expected)
+    for path, reason in expected.items():
+        assert reason in reported[path]
+
+
+def test_check_data_write_clean_keeps_the_good_lines(list_with_bad_files, capsys):
+    out = list_with_bad_files.parent / "train_clean.txt"
+    code = main(["check-data", str(list_with_bad_files), "--workers", "0", "--min-frames",
+                 str(TOO_FEW), "--write-clean", str(out)])
+    assert code == 1
+    assert out.read_text() == (
+        "videos/0_video0.mp4 0\nvideos/1_video1.mp4 1\nvideos/2_video2.mp4 2\n"
+    )
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote 3 good records to {out}"
+    capsys.readouterr()
+    assert main(["check-data", str(out), "--workers", "0"]) == 0
+    assert capsys.readouterr().out == "checked 3 files: 0 bad\n"
+
+
+def test_check_data_bad_annotation_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["check-data", str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"vidadapt check-data: error: annotation file {tmp_path / 'missing.txt'} " \
+                  "does not exist\n"
+    broken = tmp_path / "broken.txt"
+    broken.write_text("a.mp4 0\nb.mp4\n")
+    assert main(["check-data", str(broken), "--format", "list"]) == 2
+    assert "broken.txt:2: expected '<path> <label>'" in capsys.readouterr().err

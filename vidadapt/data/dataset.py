@@ -86,6 +86,17 @@ def frame_count(record: VideoRecord, path: str, reader: VideoReader, min_frames:
     return num_frames
 
 
+def check_record(record: VideoRecord, reader: VideoReader, min_frames: int = 1) -> str | None:
+    """Why ``record`` cannot be used (None if it can): counts its frames and decodes the first
+    and the last, which catches truncated files as well as unopenable ones."""
+    try:
+        num_frames = frame_count(record, record.path, reader, min_frames)
+        reader.read(record.path, [0, num_frames - 1])
+    except BadVideoError as err:
+        return str(err)
+    return None
+
+
 def default_reader(annotation: Annotation) -> VideoReader:
     """``RawFrameReader`` for raw-frame annotations, else ``PyAVReader``."""
     records = annotation.records
