@@ -13,6 +13,9 @@ from .errors import UserError
 COMMANDS = [
     "check_data",
     "make_synthetic",
+    "train",
+    "eval",
+    "predict",
 ]
 
 

@@ -11,6 +11,8 @@ problem as one :class:`ConfigError` line naming the file and key::
 
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
 import difflib
 import types
@@ -164,24 +166,29 @@ RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
     """Read a YAML recipe (following ``_base_``), apply ``--set`` overrides, check it all."""
     data, origins = _read_with_bases(Path(path), chain=())
-    for item in overrides:
-        key, value = parse_override(item)
-        _set_dotted(data, key, value)
-        origins[key] = "--set"
-    cfg = config_from_dict(data, origins, default_origin=str(path))
+    cfg = config_from_dict(data, overrides, origins, default_origin=str(path))
     if cfg.train.work_dir is None:
         cfg.train.work_dir = str(Path("runs") / Path(path).stem)
     return cfg
 
 
 def config_from_dict(
-    data: dict[str, Any], origins: dict[str, str] | None = None, default_origin: str = "config"
+    data: dict[str, Any],
+    overrides: Iterable[str] = (),
+    origins: dict[str, str] | None = None,
+    default_origin: str = "config",
 ) -> ExperimentConfig:
-    """Build and check an :class:`ExperimentConfig` from plain data (e.g. a checkpoint's).
+    """Build and check an :class:`ExperimentConfig` from plain data (e.g. a checkpoint's),
+    after applying ``--set`` style ``overrides``.
 
-    ``origins`` maps dotted keys to the file (or ``--set``) that gave them, for messages.
+    ``origins`` maps dotted keys to the file that gave them, for messages.
     """
-    where = _Where(origins or {}, default_origin)
+    data, origins = copy.deepcopy(data), dict(origins or {})
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+        origins[key] = "--set"
+    where = _Where(origins, default_origin)
     cfg = _build(ExperimentConfig, data, "", where)
     for key, (ok, allowed) in RULES.items():
         value = _get_dotted(cfg, key)
@@ -190,6 +197,14 @@ def config_from_dict(
     _check_transform(cfg, where)
     _check_model(cfg, where)
     return cfg
+
+
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--set KEY=VALUE`` option every command that reads a config takes."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, read as YAML (repeatable): --set optim.lr=1e-3",
+    )
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -305,6 +320,8 @@ def _convert(value: Any, tp: Any, key: str, where: _Where) -> Any:
     if tp is Any:
         return value
     if origin is Literal:
+        if value is False and "off" in args:  # YAML 1.1 reads a bare `off` as false
+            value = "off"
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
             raise ConfigError(f"{where(key)}: {key}: {value!r} is not one of {choices}")

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..data.dataset import VideoDataset, collate_samples
+
 
 def derive_seed(*parts: int | str) -> int:
     """A stable 63-bit seed from several parts (run seed, epoch, rank...), same on every run."""
@@ -83,7 +85,8 @@ def make_loader(
 ) -> DataLoader:
     """A loader over ``sampler`` whose worker seeds come from (seed, epoch, rank), never from
     the global RNG: creating it leaves the training RNG streams untouched, which exact
-    resumption needs."""
+    resumption needs. ``VideoDataset`` batches keep the files skipped on the way (see
+    :func:`track_skips`)."""
     generator = torch.Generator().manual_seed(
         derive_seed(seed, sampler.epoch, sampler.rank, "workers")
     )
@@ -95,4 +98,15 @@ def make_loader(
         pin_memory=pin_memory,
         worker_init_fn=seed_worker,
         generator=generator,
+        collate_fn=collate_samples if isinstance(dataset, VideoDataset) else None,
     )
+
+
+def track_skips(loader: DataLoader) -> Iterator[dict]:
+    """The loader's batches, telling its dataset's skip report about files that workers
+    skipped (a worker's own report lives and dies in the worker process)."""
+    report = getattr(loader.dataset, "report", None)
+    for batch in loader:
+        if report is not None and "skipped" in batch:
+            report.update(batch)
+        yield batch

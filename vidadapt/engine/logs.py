@@ -16,6 +16,16 @@ from typing import Any
 logger = logging.getLogger("vidadapt")
 
 
+def setup_logging(is_main: bool = True) -> None:
+    """Show vidadapt's messages on stderr: info on the main process, warnings on the others."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+
+
 class RunLogger:
     """Appends ``{"kind": ..., "step": ..., **values}`` lines to ``log.jsonl`` and mirrors the
     numbers to TensorBoard (``tb/``) when the ``tensorboard`` package is installed.

@@ -12,6 +12,7 @@ continues a killed run exactly: same batches, same dropout masks, same final wei
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -41,7 +42,7 @@ from .checkpoint import (
     save_resume_state,
     set_rng_state,
 )
-from .data import ShardedSampler, derive_seed, make_loader
+from .data import ShardedSampler, derive_seed, make_loader, track_skips
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean
 from .evaluate import classification_metrics, predict, write_metrics
 from .logs import RunLogger
@@ -53,6 +54,7 @@ logger = logging.getLogger("vidadapt")
 RESUME_FILE = "resume.pt"  # full state for --resume
 BEST_FILE = "best.safetensors"  # adapter weights with the best validation top-1
 LAST_FILE = "last.safetensors"  # adapter weights after the last epoch
+SKIPPED_FILE = "skipped.json"  # unreadable videos the datasets passed over, with reasons
 SUMMARY_KEYS = ("top1", "top5", "mean_class_accuracy")  # the metrics logged per validation
 
 
@@ -180,6 +182,7 @@ class Trainer:
             self._save_adapter(LAST_FILE)
             if metrics is not None:
                 write_metrics(metrics, self.work_dir, "val")
+        self._report_skipped()
         self.log.close()
         return {
             "steps": self.progress.step,
@@ -193,7 +196,7 @@ class Trainer:
         self.train_sampler.set_epoch(epoch, start=first * accum * self.micro_batch)
         if hasattr(self.train_set, "set_epoch"):  # per-epoch augmentation seeds
             self.train_set.set_epoch(epoch)
-        batches = iter(self._loader(self.train_set, self.train_sampler, self.micro_batch))
+        batches = track_skips(self._loader(self.train_set, self.train_sampler, self.micro_batch))
         bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not self.dist.is_main,
                    desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}", dynamic_ncols=True)
         self.model.train()
@@ -299,7 +302,7 @@ class Trainer:
         sampler = ShardedSampler(len(self.val_set), shuffle=False, rank=self.dist.rank,
                                  world_size=self.dist.world_size)
         loader = self._loader(self.val_set, sampler, self.cfg.data.eval_batch_size)
-        scores = predict(self.model, loader, self.device, self.amp_dtype, self.dist,
+        scores = predict(self.model, track_skips(loader), self.device, self.amp_dtype, self.dist,
                          progress=self.dist.is_main)
         metrics = classification_metrics(scores, self.classes)
         summary = {k: metrics[k] for k in SUMMARY_KEYS}
@@ -312,6 +315,24 @@ class Trainer:
             if self.dist.is_main:
                 self._save_adapter(BEST_FILE, metrics=summary)
         return metrics
+
+    def _report_skipped(self) -> None:
+        """Log the unreadable files every rank's datasets passed over, listed in skipped.json."""
+        local: dict[str, str] = {}
+        for dataset in (self.train_set, self.val_set):
+            if hasattr(dataset, "skipped"):  # VideoDataset keeps a report; in-memory sets do not
+                local.update(dataset.skipped())
+        skipped = {}
+        for part in all_gather_objects(local, self.dist):
+            skipped.update(part)
+        if not skipped or not self.dist.is_main:
+            return
+        path = self.work_dir / SKIPPED_FILE
+        path.write_text(json.dumps(skipped, indent=1, sort_keys=True))
+        self.log.log("skipped", self.progress.step, files=len(skipped))
+        first = "\n".join(f"  {p}: {why}" for p, why in sorted(skipped.items())[:10])
+        logger.warning("skipped %d unreadable file(s) (all listed in %s):\n%s",
+                       len(skipped), path, first)
 
     def _loader(self, dataset: Dataset, sampler: ShardedSampler, batch_size: int):
         return make_loader(dataset, sampler, batch_size, self.cfg.data.num_workers,

@@ -1,0 +1,158 @@
+"""From an :class:`ExperimentConfig` to the objects a run needs: model, datasets, class names."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import DataConfig, ExperimentConfig
+from ..data.annotations import Annotation, load_annotation
+from ..data.dataset import VideoDataset
+from ..data.sampling import DenseSampler, FrameSampler, UniformSampler
+from ..data.synthetic import make_synthetic
+from ..data.transforms import build_transform
+from ..errors import ConfigError
+from ..models import VideoClassifier, create_model
+from .distributed import DistInfo, barrier
+
+logger = logging.getLogger("vidadapt")
+
+SYNTHETIC_CACHE = Path(".cache") / "synthetic"  # default home of `data.dataset: synthetic`
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int | None = None) -> VideoClassifier:
+    """The model of ``cfg.model`` and ``cfg.method``.
+
+    New weights (and a backbone without ``pretrained`` weights) are drawn from
+    ``train.seed`` in a forked RNG, so training, ``eval`` and ``predict`` rebuild the very
+    same model from the same config without touching the caller's RNG.
+    """
+    num_classes = num_classes or cfg.model.num_classes
+    if num_classes is None:
+        raise ConfigError("model.num_classes is not set and there is no annotation to count them")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model = create_model(
+            cfg.model.method,
+            cfg.model.backbone,
+            num_classes=num_classes,
+            num_frames=cfg.model.num_frames,
+            pretrained=cfg.model.pretrained,
+            image_size=cfg.model.image_size,
+            dropout=cfg.model.dropout,
+            drop_path=cfg.model.drop_path,
+            **cfg.method_options(),
+        )
+    model.backbone.cfg.grad_checkpointing = cfg.train.grad_checkpointing
+    return model
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def synthetic_dir(data: DataConfig) -> Path:
+    """Where ``dataset: synthetic`` lives: ``data.root``, else a cache folder named by its
+    parameters (so changing them makes a new set instead of reusing a stale one)."""
+    if data.root is not None:
+        return Path(data.root)
+    s = data.synthetic
+    return SYNTHETIC_CACHE / f"{s.num_train}+{s.num_val}_{s.frames}f_{s.size}px_seed{s.seed}"
+
+
+def resolve_data(data: DataConfig, dist: DistInfo | None = None) -> DataConfig:
+    """``data`` with the synthetic set's paths filled in, generating the set on first use
+    (rank 0 writes it while the others wait). Other datasets are returned unchanged."""
+    if data.dataset != "synthetic":
+        return data
+    dist = dist or DistInfo()
+    root = synthetic_dir(data)
+    files = [root / "train.txt", root / "val.txt", root / "classes.txt"]
+    if dist.is_main and not all(f.exists() for f in files):
+        logger.info("writing the synthetic video set to %s", root)
+        make_synthetic(root, **asdict(data.synthetic))
+    barrier(dist)
+    return replace(data, train=str(files[0]), val=str(files[1]), test=data.test or str(files[1]),
+                   root=str(root))
+
+
+def read_classes(data: DataConfig) -> list[str] | None:
+    """The names of ``data.classes`` (one per line), or None when it is not set."""
+    if data.classes is None:
+        return None
+    path = Path(data.classes)
+    if not path.is_file():
+        raise ConfigError(f"data.classes: {path} does not exist")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_split(data: DataConfig, split: str, classes: list[str] | None = None) -> Annotation:
+    """The annotation of ``split`` ("train", "val" or "test"), labels indexing ``classes``."""
+    path = getattr(data, split)
+    if path is None:
+        raise ConfigError(f"data.{split} is not set; pass --set data.{split}=ANNOTATION_FILE")
+    return load_annotation(path, root=data.root, format=data.format, classes=classes)
+
+
+def keep_shots(annotation: Annotation, shots: int, seed: int) -> Annotation:
+    """Few-shot subset: ``shots`` videos per class, chosen at random (fixed by ``seed``)."""
+    order = np.random.default_rng([seed, shots]).permutation(len(annotation.records))
+    taken: Counter[int] = Counter()
+    kept = []
+    for i in order.tolist():
+        label = annotation.records[i].label
+        if taken[label] < shots:
+            taken[label] += 1
+            kept.append(i)
+    short = [name for c, name in enumerate(annotation.classes) if taken[c] < shots]
+    if short:
+        logger.warning("%d class(es) have fewer than %d training videos, e.g. %r",
+                       len(short), shots, short[0])
+    return replace(annotation, records=[annotation.records[i] for i in sorted(kept)])
+
+
+def frame_sampler(cfg: ExperimentConfig, num_clips: int) -> FrameSampler:
+    s, clip_len = cfg.data.sampler, cfg.model.num_frames
+    if s.type == "dense":
+        return DenseSampler(clip_len, s.interval, num_clips, s.short_video)
+    return UniformSampler(clip_len, num_clips)
+
+
+def video_dataset(
+    cfg: ExperimentConfig, annotation: Annotation, train: bool, views: tuple[int, int] = (1, 1),
+    max_retries: int = 10,
+) -> VideoDataset:
+    """Clips of ``annotation`` sampled and transformed as ``cfg`` says: one training clip, or
+    ``views`` = (clips, crops) test views per video."""
+    clips, crops = (1, 1) if train else views
+    transform = build_transform(replace(cfg.data.transform, test_crops=crops), train)
+    return VideoDataset(annotation, frame_sampler(cfg, clips), transform, train=train,
+                        seed=cfg.train.seed, max_retries=max_retries)
+
+
+def build_dataset(
+    cfg: ExperimentConfig,
+    split: str,
+    train: bool,
+    classes: list[str] | None = None,
+    views: tuple[int, int] = (1, 1),
+) -> VideoDataset:
+    """The dataset of ``split`` (few-shot subset in training when ``data.shots`` is set)."""
+    annotation = load_split(cfg.data, split, classes)
+    if train and cfg.data.shots is not None:
+        annotation = keep_shots(annotation, cfg.data.shots, cfg.train.seed)
+    return video_dataset(cfg, annotation, train, views)
+
+
+def check_num_classes(cfg: ExperimentConfig, classes: list[str]) -> int:
+    """The head size: the annotation's class count, which ``model.num_classes`` must match."""
+    if cfg.model.num_classes not in (None, len(classes)):
+        raise ConfigError(
+            f"model.num_classes is {cfg.model.num_classes} but the training annotation has "
+            f"{len(classes)} classes; set model.num_classes: {len(classes)} (or leave it out)"
+        )
+    return len(classes)
