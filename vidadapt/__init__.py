@@ -3,5 +3,8 @@
 __version__ = "0.1.0"
 
 from .backbones import ViT, ViTConfig, preset_config  # noqa: E402
+from .checkpoints import create_backbone, load_image_encoder  # noqa: E402
 
-__all__ = ["ViT", "ViTConfig", "__version__", "preset_config"]
+__all__ = [
+    "ViT", "ViTConfig", "__version__", "create_backbone", "load_image_encoder", "preset_config"
+]
