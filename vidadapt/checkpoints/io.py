@@ -27,9 +27,8 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Wrappers that training scripts put around a state dict ({"state_dict": ..., "epoch": ...}).
 _WRAPPER_KEYS = ("state_dict", "model")
 
-# Errors the readers raise on a truncated or corrupt file.
-# Errors the readers raise on a truncated or corrupt file (a damaged pickle can raise any of the
-# last five; pickle's documentation says so).
+# Errors the readers raise on a truncated or corrupt file. Besides UnpicklingError, a damaged
+# pickle can raise several built-in errors (the pickle documentation says so).
 _READ_ERRORS = (
     zipfile.BadZipFile,
     SafetensorError,
@@ -148,9 +147,10 @@ _STORAGE_DTYPES = {
 
 
 class ScriptObject:
-    """Stand-in for a pickled TorchScript object: records its class name and attributes."""
+    """Stand-in for a pickled TorchScript object: keeps its attributes, runs none of its code.
 
-    class_name = ""
+    The unpickler makes one subclass per TorchScript class, named after it.
+    """
 
     def __init__(self, *args) -> None:
         self.attributes: dict = {}
@@ -185,7 +185,7 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
         if module == "torch.jit._pickle":
             return _first_argument
         if module.startswith("__torch__"):
-            return type(name, (ScriptObject,), {"class_name": f"{module}.{name}"})
+            return type(name, (ScriptObject,), {"__module__": module})
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a TorchScript archive")
 
     def persistent_load(self, pid) -> Tensor:
