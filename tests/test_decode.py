@@ -53,6 +53,22 @@ def test_every_frame_decodes_including_unreferenced_b_frames(numbered):
     )
 
 
+@pytest.mark.parametrize(
+    "name, codec", [("vp9.webm", "libvpx-vp9"), ("mpeg4.avi", "mpeg4"), ("mpeg2.mpg", "mpeg2video")]
+)
+def test_frames_equal_decoding_every_frame_in_other_containers(tmp_path, name, codec):
+    path = str(tmp_path / name)
+    write_numbered_video(path, 40, codec=codec, options={}, gop=10)
+    with av.open(path) as container:
+        every_frame = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    reader = PyAVReader()
+    assert reader.num_frames(path) == len(every_frame) == 40
+    rng = random.Random(0)
+    for _ in range(10):
+        indices = rng.sample(range(40), 5)
+        assert np.array_equal(reader.read(path, indices).numpy(), every_frame[indices])
+
+
 def test_reader_travels_to_worker_processes_without_its_open_file(numbered):
     import pickle
 

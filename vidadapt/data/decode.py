@@ -5,10 +5,11 @@ frames look like. Frame ``i`` is the ``i``-th frame in display order, counted fr
 itself, never from a header frame count or ``fps * duration`` (both lie for variable frame rate
 and broken files). Readers:
 
-- ``PyAVReader`` (default): builds an index of the stream from its packets (cheap: no decoding),
-  then decodes only what a clip needs. For each wanted frame it either decodes on from where it
-  is or, when a keyframe lies in between, seeks to that keyframe; frames it does not keep are
-  never converted to RGB.
+- ``PyAVReader`` (default): reads the stream's packets into memory once (cheap: no decoding),
+  which gives the exact frame count and the keyframes, then decodes only what a clip needs: for
+  each wanted frame it decodes on from where it is or, when a keyframe lies in between, restarts
+  at that keyframe; unreferenced frames it does not want are skipped by the decoder, and only
+  wanted frames are converted to RGB.
 - ``DecordReader``: decord's ``get_batch`` (optional dependency).
 - ``RawFrameReader``: directories of extracted JPEG/PNG frames (``img_00001.jpg`` ...), decoded
   with PyAV's image demuxer so no imaging library is needed.
@@ -87,57 +88,6 @@ def _to_rgb(
     return np.ascontiguousarray(np.rot90(image, k=quarter_turns)) if quarter_turns else image
 
 
-@dataclass(frozen=True)
-class FrameIndex:
-    """Where each frame of a stream sits, from one pass over its packets (no decoding)."""
-
-    pts: np.ndarray  # [N] presentation timestamps in display order; frame i has pts[i]
-    keyframes: list[int]  # indices of the frames a decoder can start from, ascending
-
-    def __len__(self) -> int:
-        return len(self.pts)
-
-    def position(self, pts: int | None) -> int:
-        """Index of the frame with timestamp ``pts``."""
-        i = int(np.searchsorted(self.pts, pts)) if pts is not None else len(self.pts)
-        if i == len(self.pts) or self.pts[i] != pts:
-            raise BadVideoError(f"decoded a frame with timestamp {pts} that no packet has")
-        return i
-
-    def keyframe_at_or_before(self, index: int) -> int:
-        return self.keyframes[bisect.bisect_right(self.keyframes, index) - 1]
-
-
-def index_stream(container: av.container.InputContainer, stream: av.VideoStream) -> FrameIndex:
-    """Demux every packet of ``stream`` (reading, not decoding) and index its frames.
-
-    Raises BadVideoError for streams whose packets have no usable timestamps, and for files
-    holding fewer packets than their header lists (truncated downloads)."""
-    pts, keyframe_pts, packets = [], [], 0
-    with _libav_errors("read packets"):
-        for packet in container.demux(stream):
-            if packet.size == 0:  # the flush packet that ends the stream
-                continue
-            packets += 1
-            if packet.is_discard:  # dropped by the container's edit list; never displayed
-                continue
-            if packet.pts is None:
-                raise BadVideoError("packets without timestamps (a raw stream); remux it to mp4")
-            pts.append(packet.pts)
-            if packet.is_keyframe:
-                keyframe_pts.append(packet.pts)
-    if 0 < packets < stream.frames:
-        raise BadVideoError(f"truncated: the header lists {stream.frames} frames, "
-                            f"the file holds {packets}")
-    order = np.sort(np.asarray(pts, dtype=np.int64))
-    if len(np.unique(order)) != len(order):
-        raise BadVideoError("several frames share one timestamp")
-    keyframes = sorted(int(np.searchsorted(order, p)) for p in keyframe_pts)
-    if order.size and (not keyframes or keyframes[0] != 0):
-        keyframes.insert(0, 0)  # decoding from the file start always works
-    return FrameIndex(order, keyframes)
-
-
 def _video_stream(container: av.container.InputContainer) -> av.VideoStream:
     if not container.streams.video:
         raise BadVideoError("no video stream")
@@ -165,18 +115,79 @@ def _check_indices(indices: Sequence[int], num_frames: int) -> None:
 
 
 @dataclass
+class DemuxedStream:
+    """Every packet of a video stream, held in memory (a few MB for a typical clip), and where
+    its frames are. Built by reading the file once, without decoding anything."""
+
+    packets: list[av.Packet]  # in decode order
+    pts: np.ndarray  # [N] presentation timestamps in display order: frame i has pts[i]
+    keyframes: list[int]  # frames a decoder can start from (display index), ascending
+    keyframe_packets: list[int]  # position in ``packets`` of each of those keyframes
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+    def frame_index(self, pts: int | None) -> int | None:
+        """Display index of the frame with timestamp ``pts``; None for a frame that is never
+        shown (an edit list discards it)."""
+        i = int(np.searchsorted(self.pts, pts)) if pts is not None else len(self.pts)
+        return i if i < len(self.pts) and self.pts[i] == pts else None
+
+    def start_for(self, index: int) -> int:
+        """Which keyframe (position in ``keyframes``) to decode from to reach frame ``index``."""
+        return bisect.bisect_right(self.keyframes, index) - 1
+
+
+def demux_stream(container: av.container.InputContainer, stream: av.VideoStream) -> DemuxedStream:
+    """Read every packet of ``stream`` and index its frames.
+
+    Raises BadVideoError for streams whose packets have no usable timestamps, and for files
+    holding fewer packets than their header lists (truncated downloads)."""
+    packets, stored = [], 0
+    with _libav_errors("read packets"):
+        for packet in container.demux(stream):
+            if packet.size == 0 and packet.pts is None:  # PyAV's end-of-stream marker
+                continue
+            stored += 1
+            if packet.size > 0:  # AVI stores dropped frames as empty packets: no frame
+                packets.append(packet)
+    if stored < stream.frames:
+        raise BadVideoError(f"truncated: the header lists {stream.frames} frames, "
+                            f"the file holds {stored}")
+    # Packets the container's edit list discards are decoded (others may refer to them) but
+    # never shown, so they get no frame index.
+    shown = [(position, packet) for position, packet in enumerate(packets) if not packet.is_discard]
+    if any(packet.pts is None for _, packet in shown):
+        raise BadVideoError("packets without timestamps (a raw stream); remux it to mp4")
+    pts = np.sort(np.array([packet.pts for _, packet in shown], dtype=np.int64))
+    if len(np.unique(pts)) != len(pts):
+        raise BadVideoError("several frames share one timestamp")
+    starts = {int(np.searchsorted(pts, packet.pts)): position
+              for position, packet in shown if packet.is_keyframe}
+    starts.setdefault(0, 0)  # from the first packet the decoder reaches every frame
+    keyframes = sorted(starts)
+    return DemuxedStream(packets, pts, keyframes, [starts[k] for k in keyframes])
+
+
+@dataclass
 class _OpenVideo:
-    """A video file opened and indexed by ``PyAVReader``."""
+    """A video file opened and demuxed by ``PyAVReader``."""
 
     path: str
-    container: av.container.InputContainer
+    container: av.container.InputContainer  # open: its codec context decodes the packets
     stream: av.VideoStream
-    index: FrameIndex
+    demuxed: DemuxedStream
     reformatter: VideoReformatter  # converts this file's frames to RGB
 
 
 class PyAVReader:
     """The default reader: PyAV, decoding only the frames a clip needs.
+
+    A file is read once into memory (its packets: no decoding), which gives the exact frame
+    count and where the keyframes are. Reading frames then decodes from the keyframe before
+    the first wanted frame and, between wanted frames, either decodes on or, when a keyframe
+    lies in between, restarts from that keyframe; frames that no other frame refers to are
+    skipped unless wanted, and only wanted frames are converted to RGB.
 
     The file read last stays open: callers ask ``num_frames`` and then ``read`` the same file,
     and opening an mp4 costs as much as decoding a few frames (libav probes the first one).
@@ -195,11 +206,11 @@ class PyAVReader:
         self._video: _OpenVideo | None = None
 
     def num_frames(self, path: str) -> int:
-        return len(self._open(path).index)
+        return len(self._open(path).demuxed)
 
     def read(self, path: str, indices: Sequence[int]) -> torch.Tensor:
         video = self._open(path)
-        _check_indices(indices, len(video.index))
+        _check_indices(indices, len(video.demuxed))
         with _libav_errors("decode"):
             frames = self._decode(video, sorted(set(indices)))
         return torch.from_numpy(np.stack([frames[i] for i in indices]))  # [T, H, W, 3]
@@ -229,26 +240,27 @@ class PyAVReader:
             stream.thread_count = self.threads
             if self.threads != 1:
                 stream.thread_type = "AUTO"  # frame and slice threads
-            index = index_stream(container, stream)
+            demuxed = demux_stream(container, stream)
         except BadVideoError:
             container.close()
             raise
-        self._video = _OpenVideo(path, container, stream, index, VideoReformatter())
+        self._video = _OpenVideo(path, container, stream, demuxed, VideoReformatter())
         return self._video
 
     def _decode(self, video: _OpenVideo, wanted: list[int]) -> dict[int, np.ndarray]:
         """Decode the frames ``wanted`` (sorted, unique) into RGB arrays keyed by index."""
-        index = video.index
-        wanted_pts = {int(index.pts[i]) for i in wanted}
+        demuxed = video.demuxed
+        wanted_pts = {int(demuxed.pts[i]) for i in wanted}
         frames: dict[int, np.ndarray] = {}
         decoded: Iterator[tuple[int, av.VideoFrame]] | None = None
-        position = -1  # index of the last frame decoded since the last seek
+        position = -1  # display index of the last frame decoded
         for target in wanted:
-            keyframe = index.keyframe_at_or_before(target)
-            # Seeking costs a decoder flush; decoding on costs every frame up to the target.
-            # When a keyframe lies past the current position, jumping to it skips frames.
-            if decoded is None or keyframe > position + 1:
-                decoded = _decode_from(video, keyframe, wanted_pts)
+            start = demuxed.start_for(target)
+            # Restarting costs a decoder flush; decoding on costs every frame up to the
+            # target. When a keyframe lies past the current position, restarting there skips
+            # the frames in between.
+            if decoded is None or demuxed.keyframes[start] > position + 1:
+                decoded = _decode_from(video, start, wanted_pts)
             position, frame = _first_from(decoded, target)
             if position != target:
                 raise BadVideoError(f"frame {target} could not be decoded")
@@ -259,7 +271,7 @@ class PyAVReader:
 def _first_from(
     decoded: Iterator[tuple[int, av.VideoFrame]], target: int
 ) -> tuple[int, av.VideoFrame]:
-    """Advance ``decoded`` to the first frame at or after index ``target``."""
+    """Advance ``decoded`` to the first frame at or after display index ``target``."""
     for position, frame in decoded:
         if position >= target:
             return position, frame
@@ -267,35 +279,22 @@ def _first_from(
 
 
 def _decode_from(
-    video: _OpenVideo, keyframe: int, wanted_pts: set[int]
+    video: _OpenVideo, start: int, wanted_pts: set[int]
 ) -> Iterator[tuple[int, av.VideoFrame]]:
-    """Seek to frame ``keyframe`` and yield (index, frame) from there on.
+    """Decode from keyframe number ``start`` on, yielding (display index, frame).
 
     Frames that no other frame references (most B-frames) are skipped by the decoder unless
     their timestamp is in ``wanted_pts``: nothing needs them, and they are a third of the work.
-    Containers seek by decode timestamp, so a seek can land one keyframe late when frames are
-    reordered; then the previous keyframe is tried, down to the file start."""
-    container, stream, index = video.container, video.stream, video.index
-    codec = stream.codec_context
-
-    def decode_on() -> Iterator[tuple[int, av.VideoFrame]]:
-        for packet in container.demux(stream):
+    """
+    demuxed, codec = video.demuxed, video.stream.codec_context
+    codec.flush_buffers()  # forget the frames of an earlier pass
+    for packet in [*demuxed.packets[demuxed.keyframe_packets[start]:], None]:  # None: drain
+        if packet is not None:
             codec.skip_frame = "DEFAULT" if packet.pts in wanted_pts else "NONREF"
-            for frame in packet.decode():
-                yield index.position(frame.pts), frame
-
-    candidates = index.keyframes[: bisect.bisect_right(index.keyframes, keyframe)]
-    for start in reversed(candidates):
-        container.seek(int(index.pts[start]), stream=stream, backward=True)
-        frames = decode_on()
-        first = next(frames, None)
-        if first is None:
-            raise BadVideoError(f"no frame decodes from frame {start} on")
-        if first[0] <= keyframe:
-            yield first
-            yield from frames
-            return
-    raise BadVideoError(f"cannot seek to frame {keyframe}")
+        for frame in codec.decode(packet):
+            index = demuxed.frame_index(frame.pts)
+            if index is not None:
+                yield index, frame
 
 
 class DecordReader:
