@@ -68,6 +68,7 @@ class DataConfig:
     val: str | None = None  # validation annotation (evaluated during training)
     test: str | None = None  # test annotation (for `vidadapt eval --split test`)
     root: str | None = None  # folder the video paths are relative to (default: the file's)
+    roots: dict[Literal["train", "val", "test"], str] = field(default_factory=dict)  # per split
     classes: str | None = None  # class-name file, one per line (default: the annotation's own)
     shots: int | None = None  # few-shot: training videos kept per class (None = all)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # which frames form a clip

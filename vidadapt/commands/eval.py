@@ -14,7 +14,7 @@ from pathlib import Path
 from ..config import add_override_argument, config_from_dict, load_config
 from ..engine.build import build_dataset, build_model, resolve_data
 from ..engine.checkpoint import load_adapter, read_adapter
-from ..engine.data import ShardedSampler, make_loader, track_skips
+from ..engine.data import ShardedSampler, make_loader
 from ..engine.distributed import init_distributed, shutdown_distributed
 from ..engine.evaluate import classification_metrics, predict, write_metrics
 from ..engine.logs import setup_logging
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                                  world_size=dist.world_size)
         loader = make_loader(dataset, sampler, cfg.data.eval_batch_size, cfg.data.num_workers,
                              cfg.train.seed, pin_memory=dist.device.type == "cuda")
-        scores = predict(model, track_skips(loader), dist.device,
+        scores = predict(model, loader, dist.device,
                          autocast_dtype(cfg.train.amp, dist.device), dist, progress=dist.is_main)
         metrics = classification_metrics(scores, dataset.classes)
         if dist.is_main:

@@ -49,6 +49,9 @@ def build_model(cfg: ExperimentConfig, num_classes: int | None = None) -> VideoC
             **cfg.method_options(),
         )
     model.backbone.cfg.grad_checkpointing = cfg.train.grad_checkpointing
+    if cfg.model.pretrained is None:
+        logger.warning("model.pretrained is not set: the %s backbone has random weights",
+                       cfg.model.backbone)
     return model
 
 
@@ -95,7 +98,8 @@ def load_split(data: DataConfig, split: str, classes: list[str] | None = None) -
     path = getattr(data, split)
     if path is None:
         raise ConfigError(f"data.{split} is not set; pass --set data.{split}=ANNOTATION_FILE")
-    return load_annotation(path, root=data.root, format=data.format, classes=classes)
+    root = data.roots.get(split, data.root)
+    return load_annotation(path, root=root, format=data.format, classes=classes)
 
 
 def keep_shots(annotation: Annotation, shots: int, seed: int) -> Annotation:

@@ -75,6 +75,18 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+class SkipReportingLoader(DataLoader):
+    """A DataLoader that tells its dataset's skip report about the files that loader workers
+    passed over (a worker's own report lives and dies in the worker process)."""
+
+    def __iter__(self) -> Iterator:
+        report = getattr(self.dataset, "report", None)
+        for batch in super().__iter__():
+            if report is not None and "skipped" in batch:
+                report.update(batch)
+            yield batch
+
+
 def make_loader(
     dataset: Dataset,
     sampler: ShardedSampler,
@@ -82,15 +94,14 @@ def make_loader(
     num_workers: int,
     seed: int,
     pin_memory: bool = False,
-) -> DataLoader:
+) -> SkipReportingLoader:
     """A loader over ``sampler`` whose worker seeds come from (seed, epoch, rank), never from
     the global RNG: creating it leaves the training RNG streams untouched, which exact
-    resumption needs. ``VideoDataset`` batches keep the files skipped on the way (see
-    :func:`track_skips`)."""
+    resumption needs. Files that a ``VideoDataset`` skipped reach its report."""
     generator = torch.Generator().manual_seed(
         derive_seed(seed, sampler.epoch, sampler.rank, "workers")
     )
-    return DataLoader(
+    return SkipReportingLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -102,11 +113,3 @@ def make_loader(
     )
 
 
-def track_skips(loader: DataLoader) -> Iterator[dict]:
-    """The loader's batches, telling its dataset's skip report about files that workers
-    skipped (a worker's own report lives and dies in the worker process)."""
-    report = getattr(loader.dataset, "report", None)
-    for batch in loader:
-        if report is not None and "skipped" in batch:
-            report.update(batch)
-        yield batch

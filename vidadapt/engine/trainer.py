@@ -42,7 +42,7 @@ from .checkpoint import (
     save_resume_state,
     set_rng_state,
 )
-from .data import ShardedSampler, derive_seed, make_loader, track_skips
+from .data import ShardedSampler, derive_seed, make_loader
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean
 from .evaluate import classification_metrics, predict, write_metrics
 from .logs import RunLogger
@@ -196,7 +196,7 @@ class Trainer:
         self.train_sampler.set_epoch(epoch, start=first * accum * self.micro_batch)
         if hasattr(self.train_set, "set_epoch"):  # per-epoch augmentation seeds
             self.train_set.set_epoch(epoch)
-        batches = track_skips(self._loader(self.train_set, self.train_sampler, self.micro_batch))
+        batches = iter(self._loader(self.train_set, self.train_sampler, self.micro_batch))
         bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not self.dist.is_main,
                    desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}", dynamic_ncols=True)
         self.model.train()
@@ -302,7 +302,7 @@ class Trainer:
         sampler = ShardedSampler(len(self.val_set), shuffle=False, rank=self.dist.rank,
                                  world_size=self.dist.world_size)
         loader = self._loader(self.val_set, sampler, self.cfg.data.eval_batch_size)
-        scores = predict(self.model, track_skips(loader), self.device, self.amp_dtype, self.dist,
+        scores = predict(self.model, loader, self.device, self.amp_dtype, self.dist,
                          progress=self.dist.is_main)
         metrics = classification_metrics(scores, self.classes)
         summary = {k: metrics[k] for k in SUMMARY_KEYS}
