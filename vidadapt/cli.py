@@ -11,6 +11,7 @@ from . import __version__
 from .errors import UserError
 
 COMMANDS = [
+    "info",
     "check_data",
     "make_synthetic",
     "train",

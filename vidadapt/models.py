@@ -159,6 +159,7 @@ def create_model(
         if image_size is not None:
             overrides["image_size"] = image_size
         vit, backbone_name = create_backbone(backbone, pretrained=pretrained, **overrides), backbone
+    vit.proj = None  # classification reads the pooled embedding; CLIP's projection is unused
     model = VideoClassifier(vit, num_classes, num_frames, dropout)
     parts = {}
     for m in methods:
