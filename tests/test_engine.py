@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,6 +14,9 @@ from tiny_training import CLASSES, TemplateClips, tiny_config, tiny_model, train
 from torch.utils.data import DataLoader
 
 from vidadapt.cli import main as cli
+from vidadapt.data.annotations import Annotation, VideoRecord
+from vidadapt.data.synthetic import make_synthetic
+from vidadapt.engine.build import keep_shots
 from vidadapt.engine.checkpoint import (
     backbone_fingerprint,
     load_adapter,
@@ -205,7 +209,22 @@ def test_non_finite_loss_stops_with_the_last_good_state_intact(tmp_path):
         assert torch.equal(saved["model"][name], value)
 
 
+def test_few_shot_keeps_k_videos_per_class_reproducibly():
+    records = [VideoRecord(f"{i}.mp4", label=i % 3) for i in range(30)]
+    annotation = Annotation(records, ["a", "b", "c"], "test")
+    kept = keep_shots(annotation, shots=4, seed=0)
+    assert Counter(r.label for r in kept.records) == {0: 4, 1: 4, 2: 4}
+    assert kept.records == keep_shots(annotation, shots=4, seed=0).records
+    assert kept.records != keep_shots(annotation, shots=4, seed=1).records
+    numbers = [int(r.path.removesuffix(".mp4")) for r in kept.records]
+    assert numbers == sorted(numbers)  # the annotation's order is kept
+
+
 def test_train_eval_predict_commands_on_the_synthetic_set(tmp_path, capsys):
+    # The set exists already (so `dataset: synthetic` reuses it), with one broken training video.
+    make_synthetic(tmp_path / "videos", 13, 13, frames=8, size=32, workers=1, progress=False)
+    broken = tmp_path / "videos" / "train" / "00003.mp4"
+    broken.write_bytes(b"truncated download")
     config = tmp_path / "synthetic.yaml"
     config.write_text(f"""
 model: {{method: aim, backbone: vit_tiny, num_frames: 4}}
@@ -224,6 +243,9 @@ train: {{amp: off, work_dir: {tmp_path / 'run'}}}
     assert cli(["train", str(config)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 1
+    skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
+    assert list(skipped) == [str(broken)]
+    assert read_log(tmp_path / "run", "skipped")[0]["files"] == 1
 
     best = tmp_path / "run" / "best.safetensors"
     assert cli(["eval", "--checkpoint", str(best), "--out", str(tmp_path / "eval")]) == 0

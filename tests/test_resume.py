@@ -54,6 +54,13 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path):
     assert [r["step"] for r in read_log(work_dir, "val")] == [4, 8]
 
 
+def test_a_fresh_run_in_an_old_work_dir_starts_a_new_log(tmp_path):
+    cfg = tiny_config(str(tmp_path), optim={"epochs": 1}, train={"log_every": 1})
+    train_tiny(cfg)
+    train_tiny(cfg)
+    assert [r["step"] for r in read_log(tmp_path, "train")] == [1, 2, 3, 4]
+
+
 def test_resume_refuses_another_backbone_or_batch_size(tmp_path):
     cfg = tiny_config(str(tmp_path), train={"save_every_steps": 2}, optim={"epochs": 1})
     train_tiny(cfg)

@@ -30,25 +30,26 @@ class RunLogger:
     """Appends ``{"kind": ..., "step": ..., **values}`` lines to ``log.jsonl`` and mirrors the
     numbers to TensorBoard (``tb/``) when the ``tensorboard`` package is installed.
 
-    ``resume_step`` > 0 continues a run: records after that step are dropped from both logs.
+    ``start_step`` is the step the run starts from: records after it (left by an earlier run,
+    or by a killed one after its last save) are dropped from both logs, so 0 starts afresh.
     """
 
-    def __init__(self, work_dir: str | os.PathLike, enabled: bool = True, resume_step: int = 0):
+    def __init__(self, work_dir: str | os.PathLike, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         self.path = Path(work_dir) / "log.jsonl"
         self.tb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step and self.path.exists():
-            self._drop_after(resume_step)
+        if self.path.exists():
+            self._drop_after(start_step)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
             logger.info("tensorboard is not installed; logging to %s only", self.path)
         else:
-            # purge_step drops events a killed run wrote after its last checkpoint.
-            self.tb = SummaryWriter(str(Path(work_dir) / "tb"), purge_step=resume_step or None)
+            # TensorBoard hides the events from purge_step on that earlier writers left.
+            self.tb = SummaryWriter(str(Path(work_dir) / "tb"), purge_step=start_step)
 
     def log(self, kind: str, step: int, **values: Any) -> None:
         """Record one event (``kind`` is e.g. "train" or "val")."""
@@ -63,7 +64,7 @@ class RunLogger:
                     self.tb.add_scalar(f"{kind}/{key}", value, step)
 
     def _drop_after(self, step: int) -> None:
-        """Forget records that a killed run wrote after its last checkpoint (they are redone)."""
+        """Forget the records after ``step`` (they are about to be redone)."""
         lines = self.path.read_text().splitlines()
         kept = [line for line in lines if json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in kept))

@@ -130,7 +130,10 @@ class Trainer:
         )
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
-        self.ddp = DistributedDataParallel(self.model) if self.dist.enabled else self.model
+        self.ddp = self.model
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
         self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
 
         self.micro_batch = micro_batch_size(
@@ -164,8 +167,11 @@ class Trainer:
         if resume:
             self._load_resume_state()
         else:
+            if (self.work_dir / RESUME_FILE).exists() and self.dist.is_main:
+                logger.warning("%s holds an earlier run; starting over (--resume continues it)",
+                               self.work_dir)
             self._seed_training_rngs()
-        self.log = RunLogger(self.work_dir, self.dist.is_main, resume_step=self.progress.step)
+        self.log = RunLogger(self.work_dir, self.dist.is_main, start_step=self.progress.step)
         if self.dist.is_main:
             (self.work_dir / "config.yaml").write_text(self.cfg.to_yaml())
             logger.info("training %s: %d steps of %d clips (%d per epoch), work dir %s",
