@@ -209,7 +209,8 @@ def add_override_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """``"optim.lr=1e-3"`` → ``("optim.lr", 0.001)``; the value is read as YAML."""
+    """``"optim.betas=[0.9, 0.98]"`` → ``("optim.betas", [0.9, 0.98])``: the value is read as
+    YAML, then converted to the field's type when the config is built."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-3")
