@@ -12,7 +12,8 @@ are empty by default, so the plain model runs the plain ViT):
                           token sequence (VPT-shallow prompts, AIM's temporal embedding).
 ``Block.pre_attn``        on the residual stream before ``norm1`` (ST-Adapter, AIM's temporal
                           attention, VPT-deep, X-CLIP message tokens, temporal shift).
-``Block.parallel_attn``   reads ``norm1(x)``, output added to the attention output (parallel adapter).
+``Block.parallel_attn``   reads ``norm1(x)``, output added to the attention output (parallel
+                          adapter).
 ``Block.post_attn``       maps the attention output before the residual add (AIM S-Adapter,
                           Houlsby adapter).
 ``Block.pre_mlp``         on the residual stream before ``norm2`` (ST-Adapter pre-MLP, removing
@@ -23,6 +24,8 @@ are empty by default, so the plain model runs the plain ViT):
 ``Attention.kv_sites``    maps ``(k, v)`` head tensors before attention (prefix tuning).
 ``Attention.qkv / proj``  plain ``nn.Linear`` layers that LoRA wraps in place.
 ``ViT.forward_tokens(..., layers=...)`` returns intermediate block outputs (EVL).
+``ViT.named_image_modules()`` lists the image model's own modules, without the site modules
+                          (what LoRA wraps and BitFit tunes, whatever else is stacked).
 
 Every site module is called as ``module(x, block, layout)`` (``Attention.kv_sites``:
 ``module(k, v, layout)``), where ``block`` gives access to the frozen weights (AIM reuses the
@@ -32,7 +35,7 @@ block's ``norm1`` and attention for its temporal attention) and ``layout`` descr
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -190,6 +193,10 @@ class Block(nn.Module):
         return x + self.drop_path(self.ls2(m))
 
 
+# Names of the module lists that hold methods' modules (see the module docstring).
+EXTENSION_SITES = frozenset({"embed_sites", "kv_sites", *Block.SITES})
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
@@ -226,7 +233,8 @@ class ViT(nn.Module):
         D = cfg.width
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.reg_token = nn.Parameter(torch.zeros(1, cfg.num_registers, D)) if cfg.num_registers else None
+        regs = cfg.num_registers
+        self.reg_token = nn.Parameter(torch.zeros(1, regs, D)) if regs else None
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, D))
         self.norm_pre = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         rates = linear_schedule(cfg.drop_path, cfg.depth)
@@ -252,6 +260,12 @@ class ViT(nn.Module):
     @property
     def width(self) -> int:
         return self.cfg.width
+
+    def named_image_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """``named_modules()`` minus the modules methods attached to extension sites."""
+        for name, module in self.named_modules():
+            if EXTENSION_SITES.isdisjoint(name.split(".")):
+                yield name, module
 
     def embed(self, frames: Tensor, layout: TokenLayout) -> Tensor:
         """Patch tokens + class/register tokens + position embedding → ``[B*T, N, D]``."""

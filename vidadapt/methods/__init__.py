@@ -1,6 +1,7 @@
 """Parameter-efficient methods. Each is one module registering itself; import it here."""
 
-from . import aim, baselines, st_adapter  # noqa: F401  (registration side effect)
+# Imported for their @register_method side effect (hence the noqa).
+from . import adapters, aim, baselines, bitfit, lora, prefix, st_adapter, vpt  # noqa: F401
 from .registry import METHODS, Method, get_method, parse_methods, register_method
 
 __all__ = ["METHODS", "Method", "get_method", "parse_methods", "register_method"]

@@ -12,6 +12,24 @@ Registering a method is one decorator in its own file plus an import line in
     def apply_mine(model: VideoClassifier, cfg: MyConfig) -> Trainable:
         ...attach modules to model.backbone's extension sites...
         return [the new modules, plus any existing module the method unfreezes]
+
+Stacking (``"lora+aim"`` or ``["lora", "aim"]``): the methods are applied in the listed order,
+each to the model the previous ones left, and ``parameter_counts()`` counts each one's tunable
+parameters under its name (a parameter that two methods declare counts for the first). Any
+methods stack, except:
+
+* an ``exclusive`` method (``linear``, ``full``): it defines the whole trainable set alone;
+* the same method twice: its options would be ambiguous (and a second LoRA would wrap layers
+  the first already wrapped).
+
+Everything else composes by construction. Sites are lists, so methods sharing a site run in
+stack order (``mam+prefix`` gives every attention two prefix sets, ``adapter+aim`` two modules
+after it); LoRA and BitFit act only on the image model's own layers
+(``ViT.named_image_modules``), never on another method's modules; VPT updates the token layout,
+so later sites still find the patch tokens. A method reusing a frozen module sees what others
+did to it: AIM's temporal attention runs through LoRA's wrapped qkv and prefix tuning's prefixes.
+Order matters where two methods touch the same tokens: in ``vpt+aim`` AIM's temporal embedding
+is added to the prompts, in ``aim+vpt`` it is not.
 """
 
 from __future__ import annotations
