@@ -6,6 +6,7 @@ ViT-B/16 counts."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 
@@ -133,6 +134,23 @@ def test_trainable_state_dict_round_trip(name):
     torch.testing.assert_close(fresh(video), model(video))
 
 
+@pytest.mark.parametrize("name", ["vpt_deep", "lora", "prefix", "mam+prefix"])
+def test_gradient_checkpointing_gives_the_same_gradients(name):
+    # The prefix MLP runs once per forward outside the checkpointed blocks; VPT and LoRA live
+    # inside them. Recomputation must not change a thing.
+    plain = build(name).eval()
+    randomise_new_weights(plain)
+    checkpointed = build(name, backbone=ViT(dataclasses.replace(TINY, grad_checkpointing=True)))
+    checkpointed.load_state_dict(plain.state_dict())
+    video = video_clip()
+    for model in (plain, checkpointed):
+        model.eval()(video).logsumexp(-1).sum().backward()
+    grads = {n: p.grad for n, p in checkpointed.named_parameters() if p.requires_grad}
+    for n, p in plain.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(grads[n], p.grad)
+
+
 # ---- exact counts for CLIP ViT-B/16, 8 frames, 400 classes (meta device: no memory) ----------
 IMAGE_MODEL = 86_107_024  # ViT-B/16 without its projection + head (768 x 400 + 400 = 307,600)
 HEAD = 307_600
@@ -248,12 +266,15 @@ def test_vpt_treats_every_frame_alone():
 
 
 def test_vpt_dropout_and_frozen_encoder_in_eval_mode():
-    assert build("vpt").spec.options["vpt"]["dropout"] == 0.0
+    assert build("vpt").spec.options["vpt"]["prompt_dropout"] == 0.0
     deep = build("vpt_deep").train()
-    assert deep.spec.options["vpt"]["dropout"] == 0.1
+    assert deep.spec.options["vpt"]["prompt_dropout"] == 0.1
     assert deep.backbone.embed_sites[0].dropout.p == 0.1
     assert deep.backbone.blocks[1].pre_attn[0].training  # prompt dropout is active
     assert not deep.backbone.blocks[1].attn.training and not deep.backbone.norm_pre.training
+    no_dropout = create_model("vpt", backbone=ViT(TINY), num_classes=5, num_frames=T, deep=True,
+                              prompt_dropout=0.0)
+    assert no_dropout.backbone.blocks[1].pre_attn[0].dropout.p == 0.0
     with pytest.raises(ConfigError, match="num_tokens"):
         create_model("vpt", backbone=ViT(TINY), num_classes=5, num_frames=T, num_tokens=0)
 

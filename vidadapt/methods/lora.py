@@ -34,7 +34,7 @@ QKV_SLICES = ("q", "k", "v")  # order of the slices in a fused attn.qkv output
 class LoRAConfig:
     rank: int = 8  # r, width of the low-rank update
     alpha: float = 8.0  # the update is scaled by alpha / rank
-    dropout: float = 0.0  # dropout on the input of the low-rank branch
+    lora_dropout: float = 0.0  # dropout on the input of the low-rank branch (peft's name)
     # "q", "k", "v": that output slice of every fused attn.qkv. Any other entry is a regex searched
     # in the names of the image model's nn.Linear layers, adapted whole ("attn.proj", "mlp.fc1").
     targets: tuple[str, ...] = ("q", "v")
@@ -203,7 +203,8 @@ def apply_lora(model, cfg: LoRAConfig):
     for name, (groups, slots) in _select_layers(vit, cfg).items():
         parent_name, _, attr = name.rpartition(".")
         parent = vit.get_submodule(parent_name)
-        layer = LoRALinear(getattr(parent, attr), cfg.rank, cfg.alpha, cfg.dropout, groups, slots)
+        base = getattr(parent, attr)
+        layer = LoRALinear(base, cfg.rank, cfg.alpha, cfg.lora_dropout, groups, slots)
         setattr(parent, attr, layer)
         trainable += [layer.lora_A, layer.lora_B]
     return trainable

@@ -28,13 +28,15 @@ from .registry import register_method
 class VPTConfig:
     num_tokens: int = 5  # prompt tokens p per frame (5 here; 50-100 are common in the paper)
     deep: bool = False  # a fresh prompt set before every block (VPT-deep), not only at the input
-    dropout: float | None = None  # dropout on the prompts; None = 0.1 when deep, else 0.0
+    # Dropout on the prompts; None = 0.1 when deep, else 0.0. (Not ``dropout``: that name is
+    # create_model's head dropout.)
+    prompt_dropout: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_tokens < 1:
             raise ConfigError(f"vpt.num_tokens must be at least 1, got {self.num_tokens}")
-        if self.dropout is None:
-            self.dropout = 0.1 if self.deep else 0.0
+        if self.prompt_dropout is None:
+            self.prompt_dropout = 0.1 if self.deep else 0.0
 
 
 def prompt_init_bound(patch_size: int, dim: int) -> float:
@@ -80,12 +82,12 @@ class ReplacePrompts(Prompts):
 def apply_vpt(model, cfg: VPTConfig):
     vit: ViT = model.backbone
     bound = prompt_init_bound(vit.cfg.patch_size, vit.width)
-    first = InsertPrompts(cfg.num_tokens, vit.width, bound, cfg.dropout)
+    first = InsertPrompts(cfg.num_tokens, vit.width, bound, cfg.prompt_dropout)
     vit.embed_sites.append(first)
     trainable = [first]
     if cfg.deep:
         for block in vit.blocks[1:]:
-            fresh = ReplacePrompts(cfg.num_tokens, vit.width, bound, cfg.dropout)
+            fresh = ReplacePrompts(cfg.num_tokens, vit.width, bound, cfg.prompt_dropout)
             block.pre_attn.append(fresh)
             trainable.append(fresh)
     return trainable
