@@ -40,6 +40,8 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         self.positions = tuple(self.positions)
+        if self.bottleneck < 1:
+            raise ConfigError(f"adapter.bottleneck must be at least 1, got {self.bottleneck}")
         if self.style not in STYLES:
             raise ConfigError(f"adapter.style must be one of {STYLES}, got {self.style!r}")
         if not self.positions or not set(self.positions) <= set(SUBLAYERS):

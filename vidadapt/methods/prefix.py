@@ -18,6 +18,7 @@ prefixes too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,9 @@ from torch import Tensor, nn
 from ..backbones.vit import TokenLayout, ViT
 from ..errors import ConfigError
 from .registry import register_method
+
+if TYPE_CHECKING:
+    from ..models import VideoClassifier
 
 
 @dataclass
@@ -109,7 +113,7 @@ def attach_prefix(vit: ViT, cfg: PrefixConfig, method: str) -> PrefixEncoder:
     return encoder
 
 
-def freeze_prefixes(model) -> None:
+def freeze_prefixes(model: VideoClassifier) -> None:
     """After training a ``VideoClassifier``: store each prefix MLP's output and drop the MLP.
 
     Outputs do not change. The trainable set (and so ``trainable_state_dict()``) swaps the
