@@ -124,11 +124,15 @@ class LayerScale(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection and SDPA kernels."""
+    """Multi-head self-attention with a fused qkv projection and SDPA kernels.
 
-    def __init__(self, dim: int, heads: int) -> None:
+    ``causal`` lets each token attend only to itself and earlier tokens (the CLIP text encoder).
+    """
+
+    def __init__(self, dim: int, heads: int, causal: bool = False) -> None:
         super().__init__()
         self.heads = heads
+        self.causal = causal
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.kv_sites = nn.ModuleList()
@@ -139,7 +143,7 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, d]
         for site in self.kv_sites:
             k, v = site(k, v, layout)  # [B, H, N', d]
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, d]
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # [B, H, N, d]
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -159,10 +163,10 @@ class Block(nn.Module):
 
     SITES = ("pre_attn", "parallel_attn", "post_attn", "pre_mlp", "parallel_mlp", "post_mlp")
 
-    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0) -> None:
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0, causal: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.width, cfg.heads)
+        self.attn = Attention(cfg.width, cfg.heads, causal)
         self.ls1 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.act)
