@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from .backbones import ViT
@@ -28,7 +27,105 @@ class ModelSpec:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method name → its options
 
 
-class VideoClassifier(nn.Module):
+class TunableModel(nn.Module):
+    """What the engine needs from a model: a frozen part, named tuned parts, adapter state.
+
+    ``set_trainable`` freezes everything but the parts' parameters. The *tuned state* that an
+    adapter checkpoint stores is those parameters plus the persistent buffers of the parts'
+    modules (state fitted from data rather than learned, e.g. a Tip-Adapter cache). Fully
+    frozen modules stay in eval mode when the model trains.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: dict[str, list[str]] = {}  # part name → names of the parameters it trains
+        self.tuned_buffers: list[str] = []  # persistent buffers of the parts' modules
+        self.spec: ModelSpec | None = None
+
+    def set_trainable(self, parts: dict[str, Trainable]) -> None:
+        """Freeze everything, then unfreeze what each part declared (modules or parameters)."""
+        self.requires_grad_(False)
+        ids, module_names = {}, {id(m): name for name, m in self.named_modules()}
+        self.tuned_buffers = []
+        for name, objects in parts.items():
+            for obj in objects:
+                params = [obj] if isinstance(obj, nn.Parameter) else list(obj.parameters())
+                for p in params:
+                    p.requires_grad_(True)
+                    ids.setdefault(id(p), name)
+                if isinstance(obj, nn.Module):
+                    prefix = module_names[id(obj)]
+                    self.tuned_buffers += [
+                        f"{prefix}.{key}" if prefix else key
+                        for key, value in obj.state_dict(keep_vars=True).items()
+                        if not isinstance(value, nn.Parameter)
+                    ]
+        self.parts = {name: [] for name in parts}
+        for pname, p in self.named_parameters():
+            if id(p) in ids:
+                self.parts[ids[id(p)]].append(pname)
+
+    def train(self, mode: bool = True) -> TunableModel:
+        super().train(mode)
+        if mode:  # frozen modules never switch to training behaviour
+            for module in self.modules():
+                params = list(module.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    module.eval()
+        return self
+
+    def _tuned_names(self) -> set[str]:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return trainable | set(self.tuned_buffers)
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Only the tuned state: what an adapter checkpoint stores."""
+        names = self._tuned_names()
+        return {n: t.detach() for n, t in self.state_dict(keep_vars=True).items() if n in names}
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        expected = self._tuned_names()
+        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        if missing or unexpected:
+            raise KeyError(
+                f"adapter weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        # load_state_dict (not copy_) so modules can adapt to the state, e.g. a cache's size.
+        self.load_state_dict(state, strict=False)
+
+    # ---- state fitted from features rather than learned (engine.features calls these) ---------
+
+    @property
+    def needs_training_features(self) -> bool:
+        """Whether ``fit_features`` needs the training features (a Tip-Adapter cache does)."""
+        return False
+
+    def fit_features(self, features: Tensor, labels: Tensor) -> None:
+        """Fit state from training clip features ``[N, V, D]`` and labels ``[N, V]``, once
+        before training. Models without such state keep this no-op."""
+
+    def select_hparams(self, features: Tensor, labels: Tensor) -> dict[str, float]:
+        """Choose inference hyper-parameters on validation features ``[N, V, D]`` and labels
+        ``[N]`` (never on the test split); returns the choice. Default: nothing to choose."""
+        return {}
+
+    def parameter_counts(self) -> dict[str, int]:
+        """``total``, ``tunable`` and tunable parameters per part."""
+        params = dict(self.named_parameters())
+        counts = {name: sum(params[n].numel() for n in names) for name, names in self.parts.items()}
+        counts["tunable"] = sum(p.numel() for p in params.values() if p.requires_grad)
+        counts["total"] = sum(p.numel() for p in params.values())
+        return counts
+
+    def print_trainable_parameters(self) -> None:
+        c = self.parameter_counts()
+        print(
+            f"trainable params: {c['tunable']:,} || all params: {c['total']:,} "
+            f"|| trainable%: {100 * c['tunable'] / c['total']:.4f}"
+        )
+
+
+class VideoClassifier(TunableModel):
     """Frames ``[B, T, 3, H, W]`` → logits ``[B, num_classes]``.
 
     Per frame the backbone gives the final-norm class token; frames are averaged, then dropout
@@ -48,8 +145,6 @@ class VideoClassifier(nn.Module):
         self.head = nn.Linear(backbone.width, num_classes)
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
-        self.parts: dict[str, list[str]] = {}  # method name → names of the parameters it trains
-        self.spec: ModelSpec | None = None
 
     def frame_features(self, video: Tensor) -> Tensor:
         """Final-norm class token of every frame, ``[B, T, D]``."""
@@ -63,64 +158,18 @@ class VideoClassifier(nn.Module):
             return self.backbone.norm(cls).mean(dim=1)
         return self.backbone.norm(cls.mean(dim=1))
 
-    def forward(self, video: Tensor) -> Tensor:
-        return self.head(self.dropout(self.video_features(video)))
+    def classify(self, features: Tensor) -> Tensor:
+        """Logits of clip features ``[B, D]`` (``video_features``' output)."""
+        return self.head(self.dropout(features))
 
-    # ---- trainable set -------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of clips ``[B, T, 3, H, W]``, or of precomputed clip features ``[B, D]``
+        (the engine's feature cache trains frozen-backbone models on those)."""
+        return self.classify(x if x.ndim == 2 else self.video_features(x))
 
     def set_trainable(self, parts: dict[str, Trainable]) -> None:
         """Freeze everything, then unfreeze the head and what each method declared."""
-        self.requires_grad_(False)
-        ids = {}
-        for name, objects in {"head": [self.head], **parts}.items():
-            params = []
-            for obj in objects:
-                params += [obj] if isinstance(obj, nn.Parameter) else list(obj.parameters())
-            for p in params:
-                p.requires_grad_(True)
-                ids.setdefault(id(p), name)
-        self.parts = {name: [] for name in ["head", *parts]}
-        for pname, p in self.named_parameters():
-            if id(p) in ids:
-                self.parts[ids[id(p)]].append(pname)
-
-    def train(self, mode: bool = True) -> VideoClassifier:
-        super().train(mode)
-        if mode:  # frozen modules never switch to training behaviour
-            for module in self.modules():
-                params = list(module.parameters())
-                if params and not any(p.requires_grad for p in params):
-                    module.eval()
-        return self
-
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Only the tuned weights: what an adapter checkpoint stores."""
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
-
-    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
-        expected = {n for n, p in self.named_parameters() if p.requires_grad}
-        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-        if missing or unexpected:
-            raise KeyError(f"adapter weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        params = dict(self.named_parameters())
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value)
-
-    def parameter_counts(self) -> dict[str, int]:
-        """``total``, ``tunable`` and tunable parameters per part (``head`` and each method)."""
-        params = dict(self.named_parameters())
-        counts = {name: sum(params[n].numel() for n in names) for name, names in self.parts.items()}
-        counts["tunable"] = sum(p.numel() for p in params.values() if p.requires_grad)
-        counts["total"] = sum(p.numel() for p in params.values())
-        return counts
-
-    def print_trainable_parameters(self) -> None:
-        c = self.parameter_counts()
-        print(
-            f"trainable params: {c['tunable']:,} || all params: {c['total']:,} "
-            f"|| trainable%: {100 * c['tunable'] / c['total']:.4f}"
-        )
+        super().set_trainable({"head": [self.head], **parts})
 
 
 def create_model(

@@ -4,4 +4,7 @@
 from . import adapters, aim, baselines, bitfit, lora, prefix, st_adapter, vpt  # noqa: F401
 from .registry import METHODS, Method, get_method, parse_methods, register_method
 
+# CLIP methods, whose classifier comes from the text tower (vidadapt.clip).
+from . import clip_adapter, cocoop, coop, tip_adapter, zero_shot  # noqa: F401  # isort: skip
+
 __all__ = ["METHODS", "Method", "get_method", "parse_methods", "register_method"]

@@ -1,0 +1,68 @@
+"""CoCoOp: Conditional Prompt Learning for Vision-Language Models (Zhou et al., CVPR 2022).
+
+CoOp's shared context, shifted per clip: a meta-network ``Linear(E, E/16) → ReLU →
+Linear(E/16, D)`` maps the normalised clip embedding to one vector added to every context
+vector, so every clip gets its own class embeddings ``[B, C, E]``. Context and meta-network
+train; the text tower stays frozen (REFERENCE.md §3).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..clip.heads import ClipOptions, clip_model_of
+from ..errors import ConfigError
+from .coop import CLASS_POSITIONS, CoOpPrompts
+from .registry import Trainable, register_method
+
+
+@dataclass
+class CoCoOpConfig(ClipOptions):
+    n_ctx: int = 4  # context vectors; with ctx_init, the number of tokens of ctx_init instead
+    ctx_init: str | None = "a photo of a"  # start from these words' embeddings; None = random
+    class_position: str = "end"  # class name after ("end"), inside ("middle") or before
+    # ("front") the context
+    meta_reduction: int = 16  # meta-network hidden width = E / meta_reduction
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.class_position not in CLASS_POSITIONS:
+            raise ConfigError(f"class_position {self.class_position!r}: use one of "
+                              f"{CLASS_POSITIONS}")
+
+    def vocabulary_texts(self) -> list[str]:
+        return [self.ctx_init] if self.ctx_init else []
+
+
+class CoCoOpPrompts(CoOpPrompts):
+    """CoOp prompts conditioned on the clip: class embeddings ``[B, C, E]``."""
+
+    def __init__(self, model, cfg: CoCoOpConfig) -> None:
+        super().__init__(model, cfg.n_ctx, cfg.ctx_init, class_specific=False,
+                         class_position=cfg.class_position)
+        E, hidden = model.embed_dim, max(model.embed_dim // cfg.meta_reduction, 1)
+        self.meta_net = nn.Sequential(OrderedDict(
+            linear1=nn.Linear(E, hidden), relu=nn.ReLU(inplace=True),
+            linear2=nn.Linear(hidden, model.text.width),
+        ))
+
+    def forward(self, model, features: Tensor) -> Tensor:
+        """``features``: normalised clip embeddings ``[B, E]``."""
+        B, C = features.shape[0], len(self.eot)
+        shift = self.meta_net(features)  # [B, D]
+        ctx = self.ctx + shift[:, None]  # [B, n_ctx, D]
+        prompts = [self.assemble(self.class_contexts(c)) for c in ctx]  # B x [C, L, D]
+        text = model.text.encode_embeddings(torch.cat(prompts), self.eot.repeat(B))  # [B*C, E]
+        return text.view(B, C, -1)  # [B, C, E]
+
+
+@register_method("cocoop", CoCoOpConfig, exclusive=True)
+def apply_cocoop(model, cfg: CoCoOpConfig) -> Trainable:
+    model = clip_model_of(model, "cocoop")
+    model.prompts = CoCoOpPrompts(model, cfg)
+    model.set_classes(model.classes)
+    return [model.prompts]
