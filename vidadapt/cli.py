@@ -16,6 +16,7 @@ COMMANDS = [
     "make_synthetic",
     "train",
     "eval",
+    "base_to_new",
     "predict",
 ]
 

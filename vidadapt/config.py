@@ -71,6 +71,8 @@ class DataConfig:
     roots: dict[Literal["train", "val", "test"], str] = field(default_factory=dict)  # per split
     classes: str | None = None  # class-name file, one per line (default: the annotation's own)
     shots: int | None = None  # few-shot: training videos kept per class (None = all)
+    class_subset: Literal["all", "base", "new"] = "all"  # base-to-new protocol: keep the first
+    # (base) or second (new) half of the classes in every split, labels renumbered
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # which frames form a clip
     transform: TransformConfig = field(default_factory=TransformConfig)  # crops, augmentation
     batch_size: int = 64  # clips per optimizer step, summed over GPUs and accumulation steps
@@ -106,6 +108,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False  # recompute block activations in backward (less memory)
     work_dir: str | None = None  # outputs; default runs/<recipe file name>
+    feature_cache: Literal["disk", "memory"] = "disk"  # frozen image encoder: clip features are
+    # computed once per view and trained on; "disk" also keeps them in .cache/features
+    feature_views: int = 1  # augmented views per training video in the feature cache; epoch e
+    # trains on view e % feature_views
 
 
 @dataclass
@@ -158,6 +164,7 @@ RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.eval_every": (lambda v: v >= 0, "an integer >= 0"),
     "train.save_every_steps": (lambda v: v >= 0, "an integer >= 0"),
     "train.log_every": (lambda v: v >= 1, _AT_LEAST_1),
+    "train.feature_views": (lambda v: v >= 1, _AT_LEAST_1),
 }
 
 

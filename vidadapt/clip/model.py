@@ -268,7 +268,7 @@ def build_clip(
 def create_clip_model(
     method: str,
     classes: Sequence[str],
-    backbone: str = "vit_b16_clip",
+    backbone: str | Clip = "vit_b16_clip",
     pretrained: str | None = None,
     num_frames: int = 8,
     image_size: int | None = None,
@@ -276,12 +276,19 @@ def create_clip_model(
 ) -> ClipVideoClassifier:
     """A CLIP video classifier for ``classes`` with ``method`` (zero_shot, coop, cocoop,
     clip_adapter, tip_adapter) applied; ``options`` are the method's config fields (or
-    ``{method: {...}}``, as ``ExperimentConfig.method_options`` gives them)."""
+    ``{method: {...}}``, as ``ExperimentConfig.method_options`` gives them).
+
+    ``backbone`` is a preset name (the towers then come from ``pretrained`` as the options
+    say, see ``build_clip``) or ready-made towers (a ``Clip``).
+    """
     if not is_clip_method(method):
         raise ConfigError(f"method {method!r} is not a CLIP method; use vidadapt.create_model")
     (spec_method,) = parse_methods(method)
     cfg = spec_method.make_config(options.get(spec_method.name, options))
-    clip = build_clip(cfg, classes, backbone, pretrained, image_size)
+    if isinstance(backbone, Clip):
+        clip, backbone = backbone, "custom"
+    else:
+        clip = build_clip(cfg, classes, backbone, pretrained, image_size)
     model = ClipVideoClassifier(clip, classes, num_frames, cfg.temporal_pool)
     model.set_trainable({spec_method.name: list(spec_method.apply(model, cfg))})
     model.spec = ModelSpec(

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_dict(checkpoint.config, args.overrides,
                                default_origin=f"{args.checkpoint} (stored config)")
     device = default_device()
-    model = build_model(cfg, len(checkpoint.classes))
+    model = build_model(cfg, len(checkpoint.classes), checkpoint.classes)
     load_adapter(model, checkpoint, args.checkpoint)
     model.to(device).eval()
 

@@ -10,14 +10,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..clip.model import create_clip_model, is_clip_method
+from ..clip.protocols import class_subset, subset_ids
 from ..config import DataConfig, ExperimentConfig
 from ..data.annotations import Annotation, load_annotation
 from ..data.dataset import VideoDataset
 from ..data.sampling import DenseSampler, FrameSampler, UniformSampler
+from ..data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from ..data.synthetic import make_synthetic
 from ..data.transforms import build_transform
 from ..errors import ConfigError
-from ..models import VideoClassifier, create_model
+from ..models import TunableModel, create_model
 from .distributed import DistInfo, barrier
 
 logger = logging.getLogger("vidadapt")
@@ -25,29 +28,47 @@ logger = logging.getLogger("vidadapt")
 SYNTHETIC_CACHE = Path(".cache") / "synthetic"  # default home of `data.dataset: synthetic`
 
 
-def build_model(cfg: ExperimentConfig, num_classes: int | None = None) -> VideoClassifier:
+def build_model(
+    cfg: ExperimentConfig, num_classes: int | None = None, classes: list[str] | None = None
+) -> TunableModel:
     """The model of ``cfg.model`` and ``cfg.method``.
 
     New weights (and a backbone without ``pretrained`` weights) are drawn from
     ``train.seed`` in a forked RNG, so training, ``eval`` and ``predict`` rebuild the very
-    same model from the same config without touching the caller's RNG.
+    same model from the same config without touching the caller's RNG. CLIP methods
+    (``zero_shot``, ``coop``...) classify with the class names: ``classes``, else the
+    training annotation's.
     """
+    clip = is_clip_method(cfg.model.method)
+    if clip and classes is None:
+        classes = training_classes(cfg.data)
     num_classes = num_classes or cfg.model.num_classes
-    if num_classes is None:
+    if num_classes is None and not clip:
         raise ConfigError("model.num_classes is not set and there is no annotation to count them")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        model = create_model(
-            cfg.model.method,
-            cfg.model.backbone,
-            num_classes=num_classes,
-            num_frames=cfg.model.num_frames,
-            pretrained=cfg.model.pretrained,
-            image_size=cfg.model.image_size,
-            dropout=cfg.model.dropout,
-            drop_path=cfg.model.drop_path,
-            **cfg.method_options(),
-        )
+        if clip:
+            model = create_clip_model(
+                cfg.model.method,
+                classes,
+                cfg.model.backbone,
+                pretrained=cfg.model.pretrained,
+                num_frames=cfg.model.num_frames,
+                image_size=cfg.model.image_size,
+                **cfg.method_options(),
+            )
+        else:
+            model = create_model(
+                cfg.model.method,
+                cfg.model.backbone,
+                num_classes=num_classes,
+                num_frames=cfg.model.num_frames,
+                pretrained=cfg.model.pretrained,
+                image_size=cfg.model.image_size,
+                dropout=cfg.model.dropout,
+                drop_path=cfg.model.drop_path,
+                **cfg.method_options(),
+            )
     model.backbone.cfg.grad_checkpointing = cfg.train.grad_checkpointing
     if cfg.model.pretrained is None:
         logger.warning("model.pretrained is not set: the %s backbone has random weights",
@@ -93,13 +114,34 @@ def read_classes(data: DataConfig) -> list[str] | None:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
+def training_classes(data: DataConfig) -> list[str]:
+    """The class names of the training split (the synthetic set's are known before it exists)."""
+    if data.dataset == "synthetic" and data.train is None:
+        return [SYNTHETIC_CLASSES[i] for i in subset_ids(len(SYNTHETIC_CLASSES), data.class_subset)]
+    return load_split(data, "train", read_classes(data)).classes
+
+
 def load_split(data: DataConfig, split: str, classes: list[str] | None = None) -> Annotation:
-    """The annotation of ``split`` ("train", "val" or "test"), labels indexing ``classes``."""
+    """The annotation of ``split`` ("train", "val" or "test"), labels indexing ``classes``.
+
+    With ``data.class_subset`` base or new, the file's labels index the full class list
+    (``data.classes`` or the file's own) and half of the classes are kept, renumbered;
+    ``classes`` may then name the full list or the subset.
+    """
     path = getattr(data, split)
     if path is None:
         raise ConfigError(f"data.{split} is not set; pass --set data.{split}=ANNOTATION_FILE")
     root = data.roots.get(split, data.root)
-    return load_annotation(path, root=root, format=data.format, classes=classes)
+    if data.class_subset == "all":
+        return load_annotation(path, root=root, format=data.format, classes=classes)
+    full = load_annotation(path, root=root, format=data.format, classes=read_classes(data))
+    subset = class_subset(full, data.class_subset)
+    if classes is not None and list(classes) not in (full.classes, subset.classes):
+        raise ConfigError(
+            f"data.class_subset {data.class_subset}: the classes of {path} differ from those "
+            "given (e.g. a checkpoint's); set data.classes to a class-name file"
+        )
+    return subset
 
 
 def keep_shots(annotation: Annotation, shots: int, seed: int) -> Annotation:

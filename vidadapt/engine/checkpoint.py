@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..errors import CheckpointError
-from ..models import ModelSpec, VideoClassifier
+from ..models import ModelSpec, TunableModel
 
 ADAPTER_FORMAT = "vidadapt-adapter/1"
 FINGERPRINT_SAMPLES = 64  # values read per frozen tensor: cheap, yet any other weights differ
@@ -92,7 +92,7 @@ class AdapterCheckpoint:
 
 def save_adapter(
     path: str | os.PathLike,
-    model: VideoClassifier,
+    model: TunableModel,
     fingerprint: str,
     config: dict[str, Any] | None = None,
     classes: list[str] | None = None,
@@ -148,7 +148,7 @@ _ARCHITECTURE_FIELDS = ("method", "num_classes", "num_frames", "options")
 
 
 def load_adapter(
-    model: VideoClassifier, checkpoint: AdapterCheckpoint | str | os.PathLike, source: str = ""
+    model: TunableModel, checkpoint: AdapterCheckpoint | str | os.PathLike, source: str = ""
 ) -> AdapterCheckpoint:
     """Load an adapter checkpoint into ``model``, after checking it was trained for this
     architecture and on this frozen backbone. Returns the checkpoint that was read."""

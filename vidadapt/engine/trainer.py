@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..config import ExperimentConfig
 from ..errors import CheckpointError, ConfigError, UserError
-from ..models import VideoClassifier
+from ..models import TunableModel
 from .checkpoint import (
     backbone_fingerprint,
     load_resume_state,
@@ -45,6 +45,7 @@ from .checkpoint import (
 from .data import ShardedSampler, derive_seed, make_loader
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean
 from .evaluate import classification_metrics, predict, write_metrics
+from .features import FeatureSet, feature_datasets, trains_on_features
 from .logs import RunLogger
 from .mixup import mix_clips
 from .optim import build_optimizer, lr_factor, set_lr
@@ -110,7 +111,7 @@ class Trainer:
     def __init__(
         self,
         cfg: ExperimentConfig,
-        model: VideoClassifier,
+        model: TunableModel,
         train_set: Dataset,
         val_set: Dataset | None = None,
         classes: list[str] | None = None,
@@ -120,6 +121,15 @@ class Trainer:
         self.device = self.dist.device
         self.work_dir = Path(cfg.train.work_dir or "runs/default")
         self.model = model.to(self.device)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError(
+                f"method {model.spec.method} has nothing to train; evaluate it with "
+                "`vidadapt eval CONFIG` (no checkpoint needed)"
+            )
+        self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
+        if trains_on_features(cfg, model):  # a frozen image encoder runs once per view
+            train_set, val_set = feature_datasets(cfg, self.model, train_set, val_set,
+                                                  self.device, self.amp_dtype, self.dist)
         self.train_set, self.val_set = train_set, val_set
         self.classes = classes or [str(i) for i in range(model.spec.num_classes)]
         self.fingerprint = backbone_fingerprint(self.model)
@@ -128,7 +138,6 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model, opt.lr, opt.weight_decay, opt.betas, opt.lr_mult
         )
-        self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
         self.ddp = self.model
         if self.dist.enabled:
@@ -305,6 +314,8 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         """Score the validation set (all ranks), log it and keep the best checkpoint."""
+        if isinstance(self.val_set, FeatureSet):  # e.g. Tip-Adapter's alpha and beta
+            self.model.select_hparams(self.val_set.features, self.val_set.labels[:, 0])
         sampler = ShardedSampler(len(self.val_set), shuffle=False, rank=self.dist.rank,
                                  world_size=self.dist.world_size)
         loader = self._loader(self.val_set, sampler, self.cfg.data.eval_batch_size)

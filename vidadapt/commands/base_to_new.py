@@ -1,0 +1,89 @@
+"""``vidadapt base-to-new``: CoCoOp's generalisation protocol for the CLIP methods.
+
+The model (trained with ``--set data.class_subset=base``, or zero-shot without a checkpoint)
+is scored on the base classes' test videos, then, given the new class names, on the new
+classes' videos, which it never trained on. Prints and writes ``base_to_new_<split>.json``
+with both accuracies and their harmonic mean (see ``vidadapt.clip.protocols``)::
+
+    vidadapt train configs/synthetic/coop.yaml --set data.class_subset=base
+    vidadapt base-to-new --checkpoint runs/coop/best.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from ..clip.model import is_clip_method
+from ..clip.protocols import harmonic_mean
+from ..config import add_override_argument, config_from_dict, load_config
+from ..engine.build import build_dataset, build_model, resolve_data
+from ..engine.checkpoint import load_adapter, read_adapter
+from ..engine.distributed import init_distributed, shutdown_distributed
+from ..engine.logs import setup_logging
+from ..engine.trainer import autocast_dtype
+from ..errors import ConfigError
+from .eval import evaluate, prepare_untrained
+
+NAME = "base-to-new"
+HELP = "Base-to-new generalisation of a CLIP method: base and new accuracy, harmonic mean."
+
+logger = logging.getLogger("vidadapt")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?",
+                        help="YAML recipe (default: the config stored in the checkpoint)")
+    parser.add_argument("--checkpoint", help="adapter trained on the base classes (none for "
+                        "methods that train nothing)")
+    parser.add_argument("--split", choices=("val", "test"), default="test")
+    add_override_argument(parser)
+    parser.add_argument("--out", help="folder for the results (default: the checkpoint's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    dist = init_distributed()
+    setup_logging(dist.is_main)
+    try:
+        if args.checkpoint is None and args.config is None:
+            raise ConfigError("give a config or an adapter --checkpoint to evaluate")
+        checkpoint = read_adapter(args.checkpoint) if args.checkpoint else None
+        if args.config:
+            cfg = load_config(args.config, args.overrides)
+        else:
+            cfg = config_from_dict(checkpoint.config, args.overrides,
+                                   default_origin=f"{args.checkpoint} (stored config)")
+        if not is_clip_method(cfg.model.method):
+            raise ConfigError(f"base-to-new needs a CLIP method (its classifier comes from "
+                              f"class names); {cfg.model.method!r} is not one")
+        cfg.data = resolve_data(cfg.data, dist)
+        views = (cfg.data.test_clips, cfg.data.transform.test_crops)
+        splits = {subset: replace(cfg, data=replace(cfg.data, class_subset=subset))
+                  for subset in ("base", "new")}
+        base_set = build_dataset(splits["base"], args.split, train=False, views=views)
+        new_set = build_dataset(splits["new"], args.split, train=False, views=views)
+        model = build_model(splits["base"], len(base_set.classes), base_set.classes)
+        amp_dtype = autocast_dtype(cfg.train.amp, dist.device)
+        if checkpoint:
+            load_adapter(model, checkpoint, args.checkpoint)
+            model.to(dist.device)
+        else:
+            prepare_untrained(splits["base"], model.to(dist.device), base_set.classes,
+                              amp_dtype, dist)
+        base = evaluate(splits["base"], model, base_set, amp_dtype, dist)["top1"]
+        model.set_classes(new_set.classes)
+        new = evaluate(splits["new"], model, new_set, amp_dtype, dist)["top1"]
+        if dist.is_main:
+            result = {"base": base, "new": new, "harmonic_mean": harmonic_mean(base, new),
+                      "base_classes": base_set.classes, "new_classes": new_set.classes}
+            out = Path(args.out or (Path(args.checkpoint).parent if checkpoint
+                                    else cfg.train.work_dir))
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"base_to_new_{args.split}.json").write_text(json.dumps(result, indent=1))
+            print(json.dumps({k: result[k] for k in ("base", "new", "harmonic_mean")}))
+    finally:
+        shutdown_distributed()
+    return 0

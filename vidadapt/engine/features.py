@@ -1,0 +1,249 @@
+"""Feature caching: a frozen image encoder runs once per video view, training runs on features.
+
+When no parameter of ``model.backbone`` trains (linear probe, zero-shot, CoOp / CoCoOp,
+CLIP-Adapter, Tip-Adapter), the clip feature ``model.video_features(video)`` of a view never
+changes, so it is computed once and the model trains on it: ``model(features)`` classifies
+features ``[B, D]`` directly. Training keeps ``train.feature_views`` augmented views per video
+(view ``v`` is what the dataset gives at epoch ``v``); epoch ``e`` trains on view
+``e % feature_views``. Validation keeps every test view (clips × crops).
+
+With ``train.feature_cache: disk`` the features are also written to
+``.cache/features/<key>.safetensors`` and reused by later runs. The key hashes everything a
+feature depends on: the dataset (records, classes), the sampler, the view (transform, seed,
+epochs or test views), the backbone fingerprint and the features of a fixed probe clip (which
+also catch a change of temporal pooling); a change of any gives another file.
+
+Mixup and CutMix mix pixels, so with them on the model trains on videos as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import safe_open, save_file
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..config import ExperimentConfig
+from ..data.dataset import SkipReport, VideoDataset
+from ..models import TunableModel
+from .checkpoint import atomic_write, backbone_fingerprint
+from .data import ShardedSampler, make_loader
+from .distributed import DistInfo, all_gather_objects, barrier
+
+logger = logging.getLogger("vidadapt")
+
+FEATURE_CACHE = Path(".cache") / "features"  # where train.feature_cache: disk keeps features
+CACHE_FORMAT = "vidadapt-features/1"
+PROBE_SEED = 1234  # the probe clip whose features fingerprint the feature function
+
+
+def trains_on_features(cfg: ExperimentConfig, model: TunableModel) -> bool:
+    """Whether ``model`` can train on cached features: a frozen image encoder, no pixel mixing."""
+    frozen = not any(p.requires_grad for p in model.backbone.parameters())
+    return frozen and cfg.optim.mixup_alpha == 0 and cfg.optim.cutmix_alpha == 0
+
+
+class FeatureSet(Dataset):
+    """Clip features of a dataset: ``features`` ``[N, V, D]`` and ``labels`` ``[N, V]``.
+
+    ``train=True``: an item is one view's feature ``[D]`` (view ``epoch % V``, see
+    ``set_epoch``); ``train=False``: all views ``[V, D]``, scored together like test views.
+    """
+
+    def __init__(
+        self, features: Tensor, labels: Tensor, train: bool, classes: list[str],
+        skipped: dict[str, str] | None = None,
+    ) -> None:
+        self.features, self.labels, self.train = features, labels, train
+        self.classes = classes
+        self.view = 0
+        self._skipped = dict(skipped or {})
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.view = epoch % self.features.shape[1]
+
+    def skipped(self) -> dict[str, str]:
+        """The unreadable files passed over while encoding (as ``VideoDataset.skipped``)."""
+        return dict(self._skipped)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.train:
+            video, label = self.features[index, self.view], self.labels[index, self.view]
+        else:
+            video, label = self.features[index], self.labels[index, 0]
+        return {"video": video, "label": int(label), "index": index}
+
+
+# ---- encoding ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_views(
+    model: TunableModel, dataset: Dataset, epochs: list[int], batch_size: int, num_workers: int,
+    seed: int, device: torch.device, amp_dtype: torch.dtype | None = None,
+    dist: DistInfo | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Features ``[N, V, D]`` (float32, CPU) and labels ``[N, V]`` of every video's views.
+
+    Training datasets give one view per epoch in ``epochs``; test datasets give all their views
+    at once (``epochs`` is then ``[0]``). Every rank encodes its shard; all get the result.
+    """
+    dist = dist or DistInfo()
+    was_training = model.training
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    passes = []
+    for epoch in epochs:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        sampler = ShardedSampler(len(dataset), shuffle=False, rank=dist.rank,
+                                 world_size=dist.world_size)
+        features, labels, indices = [], [], []
+        for batch in make_loader(dataset, sampler, batch_size, num_workers, seed):
+            video = batch["video"].to(device, non_blocking=True)
+            if video.ndim == 5:  # one view
+                video = video.unsqueeze(1)  # [B, 1, T, 3, H, W]
+            B, V = video.shape[:2]
+            with autocast:
+                pooled = model.video_features(video.flatten(0, 1))  # [B*V, D]
+            features.append(pooled.float().cpu().view(B, V, -1))
+            labels.append(torch.as_tensor(batch["label"]).view(B, 1).expand(B, V))
+            indices.append(torch.as_tensor(batch["index"]))
+        local = (torch.cat(features), torch.cat(labels), torch.cat(indices)) if features else None
+        shards = [s for s in all_gather_objects(local, dist) if s is not None]
+        all_features, all_labels, all_indices = (torch.cat(p) for p in zip(*shards, strict=True))
+        order = all_indices.argsort()
+        passes.append((all_features[order], all_labels[order]))
+    model.train(was_training)
+    features = torch.cat([f for f, _ in passes], dim=1)  # [N, V, D]
+    labels = torch.cat([lab for _, lab in passes], dim=1)  # [N, V]
+    return features, labels
+
+
+def probe_features(model: TunableModel, num_frames: int, image_size: int) -> Tensor:
+    """``video_features`` of a fixed random clip: any change of the feature function (weights,
+    pooling, projection) changes them."""
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    clip = torch.randn(1, num_frames, 3, image_size, image_size, generator=generator)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        features = model.video_features(clip.to(device)).float().cpu()
+    model.train(was_training)
+    return features
+
+
+def cache_key(model: TunableModel, dataset: VideoDataset, epochs: list[int]) -> dict[str, Any]:
+    """Everything the features of ``dataset`` depend on (hashed into the cache file name)."""
+    records = hashlib.sha256(
+        json.dumps([(r.path, r.label, r.num_frames, r.start_index) for r in dataset.records])
+        .encode()
+    ).hexdigest()
+    spec = model.spec
+    probe = probe_features(model, spec.num_frames, spec.image_size)
+    # Rounded so that last-bit noise between runs on one machine does not miss the cache.
+    probe_digest = hashlib.sha256(probe.mul(1e3).round().numpy().tobytes()).hexdigest()[:16]
+    return {
+        "format": CACHE_FORMAT,
+        "dataset": {"source": dataset.source, "records": records, "classes": dataset.classes},
+        "sampler": repr(dataset.sampler),
+        "view": {"train": dataset.train, "transform": repr(dataset.transform),
+                 "seed": dataset.seed, "epochs": epochs, "reader": type(dataset.reader).__name__},
+        "backbone": {"fingerprint": backbone_fingerprint(model.backbone), "probe": probe_digest},
+    }
+
+
+def _cache_path(key: dict[str, Any], root: Path) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return root / f"{digest}.safetensors"
+
+
+def _read_cache(path: Path, key: dict[str, Any]) -> tuple[Tensor, Tensor, dict] | None:
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        if metadata.get("key") != json.dumps(key):
+            return None  # a hash collision or a hand-copied file: not these features
+        return f.get_tensor("features"), f.get_tensor("labels"), json.loads(metadata["skipped"])
+
+
+def cached_features(
+    cfg: ExperimentConfig, model: TunableModel, dataset: Dataset, train: bool,
+    device: torch.device, amp_dtype: torch.dtype | None = None, dist: DistInfo | None = None,
+    root: Path = FEATURE_CACHE,
+) -> FeatureSet:
+    """The features of ``dataset``'s views (``train.feature_views`` augmented views of a
+    training set, every test view of another), read from the disk cache when it has them,
+    else encoded and, with ``train.feature_cache: disk``, written there."""
+    dist = dist or DistInfo()
+    epochs = list(range(cfg.train.feature_views)) if train else [0]
+    key = cache_key(model, dataset, epochs) if isinstance(dataset, VideoDataset) else None
+    disk = key is not None and cfg.train.feature_cache == "disk"
+    path = _cache_path(key, root) if disk else None
+    found = _read_cache(path, key) if disk else None
+    if found is not None:
+        features, labels, skipped = found
+        logger.info("read the features of %d videos from %s", len(features), path)
+    else:
+        per_forward = max(cfg.data.batch_size // dist.world_size, 1) if train \
+            else cfg.data.eval_batch_size
+        features, labels = encode_views(model, dataset, epochs, per_forward,
+                                        cfg.data.num_workers, cfg.train.seed, device, amp_dtype,
+                                        dist)
+        skipped = {}
+        for part in all_gather_objects(getattr(dataset, "report", SkipReport()).reasons, dist):
+            skipped.update(part)
+        if disk and dist.is_main:
+            metadata = {"key": json.dumps(key), "skipped": json.dumps(skipped)}
+            tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
+            atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+            logger.info("wrote the features of %d videos to %s", len(features), path)
+        barrier(dist)
+    classes = list(getattr(dataset, "classes", []))
+    return FeatureSet(features, labels, train, classes, skipped)
+
+
+def feature_datasets(
+    cfg: ExperimentConfig, model: TunableModel, train_set: Dataset, val_set: Dataset | None,
+    device: torch.device, amp_dtype: torch.dtype | None = None, dist: DistInfo | None = None,
+) -> tuple[FeatureSet, FeatureSet | None]:
+    """Training and validation sets as features, and the model's feature-fitted state
+    (``fit_features``) fitted on the training features."""
+    train = cached_features(cfg, model, train_set, True, device, amp_dtype, dist)
+    val = None if val_set is None else cached_features(cfg, model, val_set, False, device,
+                                                       amp_dtype, dist)
+    model.fit_features(train.features, train.labels)
+    return train, val
+
+
+def fit_without_training(
+    cfg: ExperimentConfig, model: TunableModel, classes: list[str], device: torch.device,
+    amp_dtype: torch.dtype | None = None, dist: DistInfo | None = None,
+) -> dict[str, float]:
+    """Prepare a model that learns nothing by gradients (zero-shot, training-free Tip-Adapter)
+    for evaluation: fit it on the training features and select its hyper-parameters on the
+    validation features (``data.val``), labels indexing ``classes``. Returns the selection."""
+    if not model.needs_training_features:
+        return {}
+    from .build import build_dataset  # build imports the model zoo; only needed here
+
+    views = (cfg.data.test_clips, cfg.data.transform.test_crops)
+    train_set = build_dataset(cfg, "train", train=True, classes=classes)
+    val_set = build_dataset(cfg, "val", train=False, classes=classes, views=views)
+    train, val = feature_datasets(cfg, model, train_set, val_set, device, amp_dtype, dist)
+    if cfg.data.test == cfg.data.val:
+        logger.warning("data.val is also data.test: hyper-parameters selected on it make its "
+                       "accuracy optimistic")
+    return model.select_hparams(val.features, val.labels[:, 0])
