@@ -11,7 +11,6 @@ import torch
 from tiny_training import FRAMES, SIZE, TemplateClips, tiny_backbone
 from torch import nn
 
-import vidadapt.engine.trainer as trainer_module
 from vidadapt.config import config_from_dict
 from vidadapt.data.synthetic import make_synthetic
 from vidadapt.engine.build import build_dataset, resolve_data
@@ -53,8 +52,7 @@ def probe_config(work_dir, **train):
     })
 
 
-def test_training_on_features_encodes_once_and_matches_training_on_videos(tmp_path,
-                                                                          monkeypatch):
+def test_training_on_features_encodes_once_and_matches_training_on_videos(tmp_path):
     cfg = probe_config(tmp_path / "features")
     model = linear_probe(cfg)
     counter = ClipCounter(model.backbone, FRAMES)
@@ -65,10 +63,10 @@ def test_training_on_features_encodes_once_and_matches_training_on_videos(tmp_pa
     summary = trainer.fit()
     assert counter.clips == 32 + 9 * 2  # three epochs and three validations later
 
-    monkeypatch.setattr(trainer_module, "trains_on_features", lambda cfg, model: False)
-    video_cfg = probe_config(tmp_path / "videos")
+    video_cfg = probe_config(tmp_path / "videos", feature_cache="off")
     on_videos = Trainer(video_cfg, linear_probe(video_cfg), TemplateClips(32, seed=0),
                         TemplateClips(9, seed=1, views=2))
+    assert isinstance(on_videos.train_set, TemplateClips)
     video_summary = on_videos.fit()
     for name, value in model.trainable_state_dict().items():
         torch.testing.assert_close(value, on_videos.model.trainable_state_dict()[name],

@@ -108,8 +108,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False  # recompute block activations in backward (less memory)
     work_dir: str | None = None  # outputs; default runs/<recipe file name>
-    feature_cache: Literal["disk", "memory"] = "disk"  # frozen image encoder: clip features are
-    # computed once per view and trained on; "disk" also keeps them in .cache/features
+    feature_cache: Literal["disk", "memory", "off"] = "disk"  # frozen image encoder: clip
+    # features are computed once per view and trained on; "disk" also keeps them in
+    # .cache/features; "off" encodes every step (fresh augmentation every epoch)
     feature_views: int = 1  # augmented views per training video in the feature cache; epoch e
     # trains on view e % feature_views
 

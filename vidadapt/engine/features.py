@@ -7,7 +7,8 @@ features ``[B, D]`` directly. Training keeps ``train.feature_views`` augmented v
 (view ``v`` is what the dataset gives at epoch ``v``); epoch ``e`` trains on view
 ``e % feature_views``. Validation keeps every test view (clips × crops).
 
-With ``train.feature_cache: disk`` the features are also written to
+With ``train.feature_cache: off`` the model trains on videos as usual (a fresh augmentation
+every epoch). With ``train.feature_cache: disk`` the features are also written to
 ``.cache/features/<key>.safetensors`` and reused by later runs. The key hashes everything a
 feature depends on: the dataset (records, classes), the sampler, the view (transform, seed,
 epochs or test views), the backbone fingerprint and the features of a fixed probe clip (which
@@ -45,9 +46,11 @@ PROBE_SEED = 1234  # the probe clip whose features fingerprint the feature funct
 
 
 def trains_on_features(cfg: ExperimentConfig, model: TunableModel) -> bool:
-    """Whether ``model`` can train on cached features: a frozen image encoder, no pixel mixing."""
+    """Whether ``model`` trains on cached features: a frozen image encoder, no pixel mixing,
+    and ``train.feature_cache`` not "off"."""
     frozen = not any(p.requires_grad for p in model.backbone.parameters())
-    return frozen and cfg.optim.mixup_alpha == 0 and cfg.optim.cutmix_alpha == 0
+    mixing = cfg.optim.mixup_alpha > 0 or cfg.optim.cutmix_alpha > 0
+    return frozen and not mixing and cfg.train.feature_cache != "off"
 
 
 class FeatureSet(Dataset):

@@ -88,7 +88,7 @@ class TipCache(nn.Module):
         if self.keys.shape[0] == 0:
             raise RuntimeError(
                 "the Tip-Adapter cache is empty: it is built from cached training features, "
-                "which the engine makes when the image encoder is frozen and mixup/CutMix are off"
+                "which need train.feature_cache disk or memory and mixup/CutMix off"
             )
         return self.alpha * self.cache_logits(image, self.beta)
 
