@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .prompts import resolve_templates
+from .text import TEXT_PRESETS
 
 if TYPE_CHECKING:
     from .model import ClipVideoClassifier
@@ -49,6 +50,9 @@ class ClipOptions:
             raise ConfigError(f"temporal_pool {self.temporal_pool!r}: use one of {TEMPORAL_POOLS}")
         if self.text not in TEXT_SOURCES:
             raise ConfigError(f"text {self.text!r}: use one of {TEXT_SOURCES}")
+        if self.text_preset is not None and self.text_preset not in TEXT_PRESETS:
+            raise ConfigError(f"text_preset {self.text_preset!r}: use one of "
+                              f"{', '.join(TEXT_PRESETS)}")
 
     def vocabulary_texts(self) -> list[str]:
         """Texts besides the class names that a learned vocabulary must cover."""

@@ -104,33 +104,44 @@ def encode_views(
     dist = dist or DistInfo()
     was_training = model.training
     model.eval()
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     passes = []
     for epoch in epochs:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         sampler = ShardedSampler(len(dataset), shuffle=False, rank=dist.rank,
                                  world_size=dist.world_size)
-        features, labels, indices = [], [], []
-        for batch in make_loader(dataset, sampler, batch_size, num_workers, seed):
-            video = batch["video"].to(device, non_blocking=True)
-            if video.ndim == 5:  # one view
-                video = video.unsqueeze(1)  # [B, 1, T, 3, H, W]
-            B, V = video.shape[:2]
-            with autocast:
-                pooled = model.video_features(video.flatten(0, 1))  # [B*V, D]
-            features.append(pooled.float().cpu().view(B, V, -1))
-            labels.append(torch.as_tensor(batch["label"]).view(B, 1).expand(B, V))
-            indices.append(torch.as_tensor(batch["index"]))
-        local = (torch.cat(features), torch.cat(labels), torch.cat(indices)) if features else None
+        batches = make_loader(dataset, sampler, batch_size, num_workers, seed)
+        local = _encode_shard(model, batches, device, amp_dtype)
         shards = [s for s in all_gather_objects(local, dist) if s is not None]
-        all_features, all_labels, all_indices = (torch.cat(p) for p in zip(*shards, strict=True))
-        order = all_indices.argsort()
-        passes.append((all_features[order], all_labels[order]))
+        features, labels, indices = (torch.cat(parts) for parts in zip(*shards, strict=True))
+        order = indices.argsort()  # dataset order, whatever the number of ranks
+        passes.append((features[order], labels[order]))
     model.train(was_training)
     features = torch.cat([f for f, _ in passes], dim=1)  # [N, V, D]
     labels = torch.cat([lab for _, lab in passes], dim=1)  # [N, V]
     return features, labels
+
+
+def _encode_shard(
+    model: TunableModel, batches, device: torch.device, amp_dtype: torch.dtype | None
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Features ``[n, V, D]``, labels ``[n, V]`` and dataset indices ``[n]`` of one rank's
+    batches; None when it has none."""
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    features, labels, indices = [], [], []
+    for batch in batches:
+        video = batch["video"].to(device, non_blocking=True)
+        if video.ndim == 5:  # one view
+            video = video.unsqueeze(1)  # [B, 1, T, 3, H, W]
+        B, V = video.shape[:2]
+        with autocast:
+            pooled = model.video_features(video.flatten(0, 1))  # [B*V, D]
+        features.append(pooled.float().cpu().view(B, V, -1))  # [B, V, D]
+        labels.append(torch.as_tensor(batch["label"]).view(B, 1).expand(B, V))  # [B, V]
+        indices.append(torch.as_tensor(batch["index"]))
+    if not features:
+        return None
+    return torch.cat(features), torch.cat(labels), torch.cat(indices)
 
 
 def probe_features(model: TunableModel, num_frames: int, image_size: int) -> Tensor:
