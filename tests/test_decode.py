@@ -15,7 +15,13 @@ from videos import (
     write_video,
 )
 
-from vidadapt.data.decode import BadVideoError, DecordReader, PyAVReader, RawFrameReader
+from vidadapt.data.decode import (
+    BadVideoError,
+    DecordReader,
+    InMemoryReader,
+    PyAVReader,
+    RawFrameReader,
+)
 
 
 def numbers(frames: torch.Tensor) -> list[int]:
@@ -201,3 +207,25 @@ def test_missing_file_and_out_of_range_frames(numbered, tmp_path):
         PyAVReader().num_frames(str(tmp_path / "missing.mp4"))
     with pytest.raises(BadVideoError, match="frame 70 requested, the video has 70 frames"):
         PyAVReader().read(numbered, [0, 70])
+
+
+def test_in_memory_reader_decodes_each_video_once(tmp_path):
+    path = str(tmp_path / "counted.mp4")
+    write_numbered_video(path, 12)
+    calls = []
+
+    class Counting(PyAVReader):
+        def read(self, path, indices):
+            calls.append(list(indices))
+            return super().read(path, indices)
+
+    reader = InMemoryReader(Counting())
+    assert reader.num_frames(path) == 12
+    first = reader.read(path, [0, 5, 11, 5])
+    again = reader.read(path, [3, 3])
+    assert calls == [list(range(12))]  # one whole decode, then memory
+    assert [frame_number(f) for f in first] == [0, 5, 11, 5]
+    assert torch.equal(first, PyAVReader().read(path, [0, 5, 11, 5]))
+    assert torch.equal(again, PyAVReader().read(path, [3, 3]))
+    with pytest.raises(BadVideoError):
+        reader.read(path, [12])

@@ -13,7 +13,10 @@ def info(capsys, *args):
 
 
 def test_aim_vit_b16_matches_the_paper(capsys):
-    report = info(capsys, "--method", "aim", "--backbone", "vit_b16_clip", "--num-classes", "400", "--frames", "8")
+    report = info(
+        capsys, "--method", "aim", "--backbone", "vit_b16_clip", "--num-classes", "400",
+        "--frames", "8",
+    )
     assert report["tunable_params"] == 10_966_672  # paper: 11M
     assert report["total_params"] == 96_764_560  # paper: 97M
     assert report["tunable_by_part"] == {"head": 307_600, "aim": 10_659_072}

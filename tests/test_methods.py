@@ -31,7 +31,8 @@ CONFIGS = {
 def build(name: str, seed: int = 0, num_classes: int = 5):
     torch.manual_seed(seed)
     method, options = CONFIGS[name]
-    return create_model(method, backbone=ViT(TINY), num_classes=num_classes, num_frames=T, **options)
+    vit = ViT(TINY)
+    return create_model(method, backbone=vit, num_classes=num_classes, num_frames=T, **options)
 
 
 def randomise_new_weights(model: nn.Module) -> None:
@@ -96,7 +97,8 @@ def test_frozen_modules_stay_in_eval_mode():
 def permuted_output_gap(model, video):
     perm = torch.tensor([2, 0, 3, 1])
     with torch.no_grad():
-        return (model.video_features(video) - model.video_features(video[:, perm])).abs().max().item()
+        gap = model.video_features(video) - model.video_features(video[:, perm])
+        return gap.abs().max().item()
 
 
 @pytest.mark.parametrize("name", ["aim_st", "aim_stj", "st_adapter"])
@@ -193,7 +195,7 @@ def train_and_score(model, steps: int = 100) -> float:
     test_x, test_y = motion_clips(128, seed=1)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, 128, (32,))
         loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
         opt.zero_grad()

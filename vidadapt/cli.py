@@ -12,6 +12,7 @@ from .errors import UserError
 
 COMMANDS = [
     "info",
+    "demo",
     "check_data",
     "make_synthetic",
     "train",

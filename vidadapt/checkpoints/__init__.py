@@ -56,9 +56,27 @@ class Checkpoint:
     config: dict | None  # config.json of a Hugging Face directory
 
 
+# Weights shipped inside the package: "builtin:NAME" is vidadapt/assets/NAME.safetensors.
+BUILTIN_PREFIX = "builtin:"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def resolve_source(source: str | Path) -> Path:
+    """The path of a checkpoint source, expanding ``builtin:NAME`` to the packaged file."""
+    text = str(source)
+    if not text.startswith(BUILTIN_PREFIX):
+        return Path(source)
+    name = text[len(BUILTIN_PREFIX) :]
+    path = ASSETS / f"{name}.safetensors"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in ASSETS.glob("*.safetensors"))
+        raise CheckpointError(f"{text}: no built-in weights named {name!r}; shipped: {shipped}")
+    return path
+
+
 def read_checkpoint(source: str | Path) -> Checkpoint:
     """Read a checkpoint file or Hugging Face directory and detect its key layout."""
-    path = Path(source)
+    path = resolve_source(source)
     state_dict = read_state_dict(path)
     try:
         layout = detect_layout(state_dict)

@@ -36,7 +36,9 @@ def method_options(assignments: list[str], methods: list[str]) -> dict:
         key, value = parse_override(text)
         path = key.split(".")
         if path[0] != "method" or len(path) not in (2, 3):
-            raise ConfigError(f"--set {text!r}: info takes method.KEY=VALUE (or method.NAME.KEY=VALUE)")
+            raise ConfigError(
+                f"--set {text!r}: info takes method.KEY=VALUE (or method.NAME.KEY=VALUE)"
+            )
         if len(path) == 3 or len(methods) > 1:
             options.setdefault(path[1], {})[path[-1]] = value
         else:
@@ -80,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.method} on {args.backbone}, {args.frames}x{args.image_size}², {args.num_classes} classes")
+    share = 100 * counts["tunable"] / counts["total"]
+    print(f"{args.method} on {args.backbone}, {args.frames}x{args.image_size}², "
+          f"{args.num_classes} classes")
     print(f"  total params    {report['total_params']:>14,}")
-    print(f"  tunable params  {report['tunable_params']:>14,}  ({100 * counts['tunable'] / counts['total']:.2f}%)")
+    print(f"  tunable params  {report['tunable_params']:>14,}  ({share:.2f}%)")
     for part, n in report["tunable_by_part"].items():
         print(f"    {part:<14}{n:>14,}")
-    print(f"  GFLOPs / view   {report['gflops_per_view']:>14.1f}  ({report['gmacs_per_view']:.1f} GMACs)")
+    print(f"  GFLOPs / view   {report['gflops_per_view']:>14.1f}  "
+          f"({report['gmacs_per_view']:.1f} GMACs)")
     return 0

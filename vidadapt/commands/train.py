@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..config import add_override_argument, load_config
-from ..engine.build import build_dataset, build_model, check_num_classes, read_classes, resolve_data
 from ..engine.distributed import init_distributed, shutdown_distributed
+from ..engine.experiment import train_experiment
 from ..engine.logs import setup_logging
-from ..engine.trainer import Trainer
 
 NAME = "train"
 HELP = "Train a model from a YAML recipe (GPUs: torchrun --nproc_per_node N -m vidadapt train)."
-
-logger = logging.getLogger("vidadapt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,17 +32,7 @@ def run(args: argparse.Namespace) -> int:
     dist = init_distributed()
     setup_logging(dist.is_main)
     try:
-        cfg.data = resolve_data(cfg.data, dist)
-        train_set = build_dataset(cfg, "train", train=True, classes=read_classes(cfg.data))
-        classes = train_set.classes
-        val_set = build_dataset(cfg, "val", train=False, classes=classes) if cfg.data.val else None
-        model = build_model(cfg, check_num_classes(cfg, classes))
-        counts = model.parameter_counts()
-        logger.info("%s on %s: %s tunable of %s parameters (%.2f%%)", cfg.model.method,
-                    cfg.model.backbone, f"{counts['tunable']:,}", f"{counts['total']:,}",
-                    100 * counts["tunable"] / counts["total"])
-        with logging_redirect_tqdm([logger]):
-            summary = Trainer(cfg, model, train_set, val_set, classes, dist).fit(args.resume)
+        summary = train_experiment(cfg, args.resume, dist)
         if dist.is_main:
             print(json.dumps(summary))
     finally:

@@ -177,7 +177,6 @@ class _OpenVideo:
     container: av.container.InputContainer  # open: its codec context decodes the packets
     stream: av.VideoStream
     demuxed: DemuxedStream
-    reformatter: VideoReformatter  # converts this file's frames to RGB
 
 
 class PyAVReader:
@@ -204,6 +203,9 @@ class PyAVReader:
         self.short_side = short_side
         self.threads = threads
         self._video: _OpenVideo | None = None
+        # One converter for every file: swscale reuses its context while the frame size and
+        # format stay the same, which for small clips costs more than the conversion itself.
+        self._reformatter: VideoReformatter | None = None
 
     def num_frames(self, path: str) -> int:
         return len(self._open(path).demuxed)
@@ -228,7 +230,7 @@ class PyAVReader:
         self.close()
 
     def __getstate__(self) -> dict:  # open files do not travel to DataLoader workers
-        return {**self.__dict__, "_video": None}
+        return {**self.__dict__, "_video": None, "_reformatter": None}
 
     def _open(self, path: str) -> _OpenVideo:
         if self._video is not None and self._video.path == path:
@@ -244,7 +246,9 @@ class PyAVReader:
         except BadVideoError:
             container.close()
             raise
-        self._video = _OpenVideo(path, container, stream, demuxed, VideoReformatter())
+        self._video = _OpenVideo(path, container, stream, demuxed)
+        if self._reformatter is None:
+            self._reformatter = VideoReformatter()
         return self._video
 
     def _decode(self, video: _OpenVideo, wanted: list[int]) -> dict[int, np.ndarray]:
@@ -264,7 +268,7 @@ class PyAVReader:
             position, frame = _first_from(decoded, target)
             if position != target:
                 raise BadVideoError(f"frame {target} could not be decoded")
-            frames[target] = _to_rgb(frame, self.short_side, video.reformatter)
+            frames[target] = _to_rgb(frame, self.short_side, self._reformatter)
         return frames
 
 
@@ -394,3 +398,30 @@ class RawFrameReader:
         if frame is None:
             raise BadVideoError(f"frame file {name} holds no image")
         return _to_rgb(frame, self.short_side, reformatter)
+
+
+class InMemoryReader:
+    """Wraps a reader and keeps every video it decodes, whole, in memory.
+
+    For small sets read many times (few-shot training, the synthetic demo) each video is then
+    decoded once instead of once per epoch. Memory grows with the data set (T·H·W·3 bytes per
+    video), so it is off by default; each DataLoader worker keeps its own copy, which lasts
+    as long as the worker (``num_workers: 0`` keeps one copy for the whole run).
+    """
+
+    def __init__(self, reader: VideoReader):
+        self.reader = reader
+        self._videos: dict[str, torch.Tensor] = {}  # path -> uint8 [N, H, W, 3]
+
+    def num_frames(self, path: str) -> int:
+        return len(self._video(path))
+
+    def read(self, path: str, indices: Sequence[int]) -> torch.Tensor:
+        video = self._video(path)
+        _check_indices(indices, len(video))
+        return video[list(indices)]  # [T, H, W, 3]
+
+    def _video(self, path: str) -> torch.Tensor:
+        if path not in self._videos:
+            self._videos[path] = self.reader.read(path, range(self.reader.num_frames(path)))
+        return self._videos[path]

@@ -14,7 +14,8 @@ from ..clip.model import create_clip_model, is_clip_method
 from ..clip.protocols import class_subset, subset_ids
 from ..config import DataConfig, ExperimentConfig
 from ..data.annotations import Annotation, load_annotation
-from ..data.dataset import VideoDataset
+from ..data.dataset import VideoDataset, default_reader
+from ..data.decode import InMemoryReader
 from ..data.sampling import DenseSampler, FrameSampler, UniformSampler
 from ..data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from ..data.synthetic import make_synthetic
@@ -176,7 +177,10 @@ def video_dataset(
     ``views`` = (clips, crops) test views per video."""
     clips, crops = (1, 1) if train else views
     transform = build_transform(replace(cfg.data.transform, test_crops=crops), train)
-    return VideoDataset(annotation, frame_sampler(cfg, clips), transform, train=train,
+    reader = default_reader(annotation)
+    if cfg.data.cache_videos:
+        reader = InMemoryReader(reader)
+    return VideoDataset(annotation, frame_sampler(cfg, clips), transform, reader, train=train,
                         seed=cfg.train.seed, max_retries=max_retries)
 
 

@@ -111,7 +111,7 @@ def apply_aim(model, cfg: AIMConfig):
         embedding = TemporalEmbedding(model.num_frames, dim)
         vit.embed_sites.append(embedding)
         trainable.append(embedding)
-    for block, rate in zip(vit.blocks, rates):
+    for block, rate in zip(vit.blocks, rates, strict=True):
         new = []
         if cfg.temporal:
             new.append(("pre_attn", TemporalAdaptation(dim, hidden, cfg.num_tadapter, rate)))

@@ -30,14 +30,18 @@ class STAdapterConfig:
         self.kernel = tuple(self.kernel)
         bad = [p for p in self.positions if p not in POSITIONS]
         if bad or not self.positions:
-            raise ValueError(f"st_adapter.positions must be a non-empty subset of {POSITIONS}, got {self.positions}")
+            raise ValueError(
+                f"st_adapter.positions must be a non-empty subset of {POSITIONS}, "
+                f"got {self.positions}"
+            )
 
 
 class STAdapter(nn.Module):
     def __init__(self, dim: int, width: int, kernel: tuple[int, int, int]) -> None:
         super().__init__()
         self.down = nn.Linear(dim, width)
-        self.conv = nn.Conv3d(width, width, kernel, padding=tuple(k // 2 for k in kernel), groups=width)
+        padding = tuple(k // 2 for k in kernel)  # keeps T, h and w
+        self.conv = nn.Conv3d(width, width, kernel, padding=padding, groups=width)
         self.up = nn.Linear(width, dim)
         for zeroed in (self.conv.weight, self.conv.bias, self.down.bias, self.up.bias):
             nn.init.zeros_(zeroed)
