@@ -19,6 +19,7 @@ COMMANDS = [
     "eval",
     "base_to_new",
     "predict",
+    "export",
 ]
 
 
