@@ -19,14 +19,13 @@ from pathlib import Path
 
 from ..clip.model import is_clip_method
 from ..clip.protocols import harmonic_mean
-from ..config import add_override_argument, config_from_dict, load_config
 from ..engine.build import build_dataset, build_model, resolve_data
-from ..engine.checkpoint import load_adapter, read_adapter
+from ..engine.checkpoint import load_adapter
 from ..engine.distributed import init_distributed, shutdown_distributed
 from ..engine.logs import setup_logging
 from ..engine.trainer import autocast_dtype
 from ..errors import ConfigError
-from .eval import evaluate, prepare_untrained
+from .eval import add_evaluation_arguments, config_and_checkpoint, evaluate, prepare_untrained
 
 NAME = "base-to-new"
 HELP = "Base-to-new generalisation of a CLIP method: base and new accuracy, harmonic mean."
@@ -35,27 +34,17 @@ logger = logging.getLogger("vidadapt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?",
-                        help="YAML recipe (default: the config stored in the checkpoint)")
-    parser.add_argument("--checkpoint", help="adapter trained on the base classes (none for "
-                        "methods that train nothing)")
-    parser.add_argument("--split", choices=("val", "test"), default="test")
-    add_override_argument(parser)
-    parser.add_argument("--out", help="folder for the results (default: the checkpoint's)")
+    add_evaluation_arguments(
+        parser, checkpoint_help="adapter trained on the base classes (none for methods that "
+        "train nothing)", default_split="test",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     dist = init_distributed()
     setup_logging(dist.is_main)
     try:
-        if args.checkpoint is None and args.config is None:
-            raise ConfigError("give a config or an adapter --checkpoint to evaluate")
-        checkpoint = read_adapter(args.checkpoint) if args.checkpoint else None
-        if args.config:
-            cfg = load_config(args.config, args.overrides)
-        else:
-            cfg = config_from_dict(checkpoint.config, args.overrides,
-                                   default_origin=f"{args.checkpoint} (stored config)")
+        cfg, checkpoint = config_and_checkpoint(args)
         if not is_clip_method(cfg.model.method):
             raise ConfigError(f"base-to-new needs a CLIP method (its classifier comes from "
                               f"class names); {cfg.model.method!r} is not one")

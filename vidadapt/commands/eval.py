@@ -21,7 +21,7 @@ import torch
 from ..config import ExperimentConfig, add_override_argument, config_from_dict, load_config
 from ..data.dataset import VideoDataset
 from ..engine.build import build_dataset, build_model, resolve_data
-from ..engine.checkpoint import load_adapter, read_adapter
+from ..engine.checkpoint import AdapterCheckpoint, load_adapter, read_adapter
 from ..engine.data import ShardedSampler, make_loader
 from ..engine.distributed import DistInfo, init_distributed, shutdown_distributed
 from ..engine.evaluate import classification_metrics, predict, write_metrics
@@ -38,27 +38,44 @@ logger = logging.getLogger("vidadapt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_evaluation_arguments(
+        parser, checkpoint_help="adapter .safetensors file (not needed by methods that train "
+        "nothing: zero_shot, tip_adapter)", default_split="val",
+    )
+
+
+def add_evaluation_arguments(
+    parser: argparse.ArgumentParser, checkpoint_help: str, default_split: str
+) -> None:
+    """The arguments every evaluating command takes (eval, base-to-new)."""
     parser.add_argument("config", nargs="?",
                         help="YAML recipe (default: the config stored in the checkpoint)")
-    parser.add_argument("--checkpoint", help="adapter .safetensors file (not needed by methods "
-                        "that train nothing: zero_shot, tip_adapter)")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--checkpoint", help=checkpoint_help)
+    parser.add_argument("--split", choices=("val", "test"), default=default_split)
     add_override_argument(parser)
-    parser.add_argument("--out", help="folder for metrics and plots (default: the checkpoint's)")
+    parser.add_argument("--out", help="folder for the results (default: the checkpoint's)")
+
+
+def config_and_checkpoint(
+    args: argparse.Namespace,
+) -> tuple[ExperimentConfig, AdapterCheckpoint | None]:
+    """The run's config (the recipe given, else the one stored in the checkpoint, with
+    ``--set`` applied) and the adapter checkpoint (None when no ``--checkpoint``)."""
+    if args.checkpoint is None and args.config is None:
+        raise ConfigError("give a config or an adapter --checkpoint to evaluate")
+    checkpoint = read_adapter(args.checkpoint) if args.checkpoint else None
+    if args.config:
+        return load_config(args.config, args.overrides), checkpoint
+    cfg = config_from_dict(checkpoint.config, args.overrides,
+                           default_origin=f"{args.checkpoint} (stored config)")
+    return cfg, checkpoint
 
 
 def run(args: argparse.Namespace) -> int:
     dist = init_distributed()
     setup_logging(dist.is_main)
     try:
-        if args.checkpoint is None and args.config is None:
-            raise ConfigError("give a config or an adapter --checkpoint to evaluate")
-        checkpoint = read_adapter(args.checkpoint) if args.checkpoint else None
-        if args.config:
-            cfg = load_config(args.config, args.overrides)
-        else:
-            cfg = config_from_dict(checkpoint.config, args.overrides,
-                                   default_origin=f"{args.checkpoint} (stored config)")
+        cfg, checkpoint = config_and_checkpoint(args)
         cfg.data = resolve_data(cfg.data, dist)
         views = (cfg.data.test_clips, cfg.data.transform.test_crops)
         classes = checkpoint.classes if checkpoint else None
