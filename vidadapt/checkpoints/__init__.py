@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from ..backbones.presets import preset_config
@@ -139,17 +140,20 @@ def create_backbone(name: str, pretrained: str | Path | None = None, **overrides
 
 
 def _build(config: ViTConfig, weights: dict[str, Tensor], path: Path) -> ViT:
-    model = ViT(config)
+    # Built without memory (meta device) and given the file's tensors: a random init of
+    # ViT-B's 86M weights, overwritten at once, would cost seconds.
+    with torch.device("meta"):
+        model = ViT(config)
     # The file's position embedding is laid out for its own resolution; resample it once here.
     weights["pos_embed"] = resample_pos_embed(weights["pos_embed"], (config.grid, config.grid))
     try:
-        load_weights(model, weights)
+        load_weights(model, weights, assign=True)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     return model
 
 
-def load_weights(model: nn.Module, weights: dict[str, Tensor]) -> None:
+def load_weights(model: nn.Module, weights: dict[str, Tensor], assign: bool = False) -> None:
     """``load_state_dict`` that fails with one line naming missing, unexpected or misshapen keys."""
     expected = model.state_dict()
     missing = sorted(expected.keys() - weights.keys())
@@ -167,7 +171,8 @@ def load_weights(model: nn.Module, weights: dict[str, Tensor]) -> None:
                 f"shape mismatch for {key}: model expects {list(expected[key].shape)}, "
                 f"file has {list(value.shape)}"
             )
-    model.load_state_dict(weights)
+    # assign=True adopts the tensors themselves (a model built on the meta device needs it).
+    model.load_state_dict(weights, assign=assign)
 
 
 def _names(keys: list[str]) -> str:
