@@ -1,0 +1,218 @@
+"""Training-step cost of every method, side by side, as ratios to full fine-tuning.
+
+    python benchmarks/train_step.py --small            # ViT-B/16, 4 frames at 112², a few minutes
+    python benchmarks/train_step.py --methods full,aim_stj,aim_stj_ckpt,st_adapter --batch 1
+    python benchmarks/train_step.py --small --json     # one JSON object keyed by variant
+
+Every variant (a method with its options) lives in its own worker process, which builds the
+model and AdamW once and then runs one training step (forward, loss, backward, optimizer step)
+each time the parent asks. The parent asks the workers in turn, round after round, so slow and
+fast moments of a shared machine fall on every variant alike; the first round is a warm-up
+(lazy allocations, optimizer state) and the median of the others is reported.
+
+Peak memory is everything the training holds at its high-water mark — weights, gradients,
+optimizer state, activations — measured per worker, which is why each has its own process:
+on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak resident set
+(``getrusage(RUSAGE_SELF).ru_maxrss``) minus its value after the imports, before the model
+exists. The CPU figure includes allocator slack, so it is an upper bound on tensor memory,
+measured the same way for every variant.
+
+FLOPs are counted by ``torch.utils.flop_counter`` on the meta device (no weights, exact
+shapes): per view as ``vidadapt info`` reports them (forward, multiply-add = 2), and per
+training step (forward + backward for one batch) — the count that a frozen backbone lowers,
+since frozen layers need input gradients only where something upstream trains and never
+weight gradients. On CUDA the step runs under bf16 autocast with fused AdamW; on CPU in fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vidadapt.commands.info import measure
+from vidadapt.engine.optim import build_optimizer
+from vidadapt.engine.trainer import autocast_dtype, classification_loss
+from vidadapt.methods import METHODS
+from vidadapt.models import VideoClassifier, create_model
+
+
+@dataclass(frozen=True)
+class Variant:
+    method: str  # registered method name
+    options: dict[str, Any] = field(default_factory=dict)  # the method's config fields
+    checkpointing: bool = False  # recompute each block's activations in backward
+
+
+VARIANTS = {
+    "linear": Variant("linear"),
+    "full": Variant("full"),
+    "aim_s": Variant("aim", {"temporal": False, "joint": False}),
+    "aim_st": Variant("aim", {"joint": False}),
+    "aim_stj": Variant("aim"),
+    "aim_stj_ckpt": Variant("aim", checkpointing=True),
+    "st_adapter": Variant("st_adapter"),
+    "vpt": Variant("vpt", {"deep": True}),
+    "lora": Variant("lora"),
+    "prefix": Variant("prefix"),
+    "adapter": Variant("adapter"),
+    "mam": Variant("mam"),
+    "bitfit": Variant("bitfit"),
+    # EVL (issue: EVL decoder) slots in here as Variant("evl") once it registers; its step
+    # reads frozen features and must never run the backbone backward (target ≤ 0.4× full).
+}
+REFERENCE = "full"  # ratios are to full fine-tuning
+
+
+@dataclass(frozen=True)
+class Shape:
+    backbone: str  # backbone preset
+    frames: int  # T
+    image_size: int  # H = W
+    batch: int  # clips per step
+    num_classes: int = 400
+
+
+def build(variant: Variant, shape: Shape) -> VideoClassifier:
+    model = create_model(variant.method, backbone=shape.backbone, num_classes=shape.num_classes,
+                         num_frames=shape.frames, image_size=shape.image_size, **variant.options)
+    model.backbone.cfg.grad_checkpointing = variant.checkpointing
+    return model
+
+
+def step_flops(variant: Variant, shape: Shape) -> tuple[float, float]:
+    """(forward FLOPs of one view, FLOPs of one training step's forward + backward)."""
+    with torch.device("meta"):
+        model = build(variant, shape)
+        per_view = measure(model.eval(), shape.frames, shape.image_size)
+        video = torch.empty(shape.batch, shape.frames, 3, shape.image_size, shape.image_size)
+        with FlopCounterMode(display=False) as counter:
+            model.train()(video).sum().backward()
+    return per_view, counter.get_total_flops()
+
+
+def peak_memory_bytes(device: torch.device, baseline_kb: int) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) * 1024  # Linux: KB
+
+
+def worker(conn, variant: Variant, shape: Shape, device_name: str, compile_model: bool) -> None:
+    """Build once, then one timed training step per "step" message; "done" → report, exit."""
+    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    model = build(variant, shape).to(device).train()
+    optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05)  # fused on CUDA
+    amp = autocast_dtype("bf16", device)  # bf16 on CUDA, fp32 on CPU
+    forward = torch.compile(model) if compile_model else model
+    video = torch.randn(shape.batch, shape.frames, 3, shape.image_size, shape.image_size,
+                        device=device)
+    labels = torch.randint(shape.num_classes, (shape.batch,), device=device)
+    per_view, per_step = step_flops(variant, shape)
+    counts = model.parameter_counts()
+    conn.send({"tunable": counts["tunable"], "total": counts["total"],
+               "gflops_per_view": per_view / 1e9, "train_gflops_per_step": per_step / 1e9})
+    while conn.recv() == "step":
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = forward(video)
+        classification_loss(logits, labels, smoothing=0.0).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        conn.send(time.perf_counter() - start)
+    conn.send(peak_memory_bytes(device, baseline_kb))
+
+
+def benchmark(names: list[str], shape: Shape, rounds: int, device: str,
+              compile_model: bool) -> dict[str, dict[str, float]]:
+    """Per variant: median s/step, peak memory, parameters, FLOPs, and ratios to full."""
+    ctx = mp.get_context("spawn")  # a fresh interpreter each: nothing shared, honest peaks
+    pipes, procs = {}, []
+    for name in names:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=worker, args=(child, VARIANTS[name], shape, device,
+                                                compile_model))
+        proc.start()
+        pipes[name] = parent
+        procs.append(proc)
+    results = {name: pipe.recv() for name, pipe in pipes.items()}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds + 1):  # round 0 is the warm-up
+        for name, pipe in pipes.items():
+            pipe.send("step")
+            times[name].append(pipe.recv())
+    for name, pipe in pipes.items():
+        pipe.send("done")
+        results[name]["peak_mb"] = pipe.recv() / 2**20
+        results[name]["s_per_step"] = statistics.median(times[name][1:])
+    for proc in procs:
+        proc.join()
+    for r in results.values():
+        r["clips_per_s"] = shape.batch / r["s_per_step"]
+        r["achieved_tflops"] = r["train_gflops_per_step"] / r["s_per_step"] / 1e3
+    if REFERENCE in results:
+        ref = results[REFERENCE]
+        for r in results.values():
+            for key in ("s_per_step", "peak_mb", "tunable", "gflops_per_view",
+                        "train_gflops_per_step"):
+                r[f"{key}_x_full"] = r[key] / ref[key]
+    return results
+
+
+def print_table(results: dict[str, dict[str, float]], shape: Shape, device: str) -> None:
+    print(f"{shape.backbone}, {shape.frames}x{shape.image_size}², batch {shape.batch}, "
+          f"{device} ({torch.get_num_threads()} threads); ratios are × full fine-tuning")
+    header = ("variant", "s/step", "×", "peak MB", "×", "tunable M", "×", "GFLOPs/view",
+              "step GFLOPs", "×")
+    print("{:<14}{:>9}{:>7}{:>10}{:>7}{:>11}{:>7}{:>13}{:>13}{:>7}".format(*header))
+    for name, r in results.items():
+        print(f"{name:<14}{r['s_per_step']:>9.3f}{r.get('s_per_step_x_full', 0):>7.2f}"
+              f"{r['peak_mb']:>10.0f}{r.get('peak_mb_x_full', 0):>7.2f}"
+              f"{r['tunable'] / 1e6:>11.2f}{r.get('tunable_x_full', 0):>7.3f}"
+              f"{r['gflops_per_view']:>13.1f}{r['train_gflops_per_step']:>13.1f}"
+              f"{r.get('train_gflops_per_step_x_full', 0):>7.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", default=",".join(VARIANTS),
+                        help=f"comma-separated variants from: {', '.join(VARIANTS)}")
+    parser.add_argument("--small", action="store_true",
+                        help="4 frames at 112², batch 2 (default: 8 frames at 224², batch 1)")
+    parser.add_argument("--backbone", default="vit_b16_clip")
+    parser.add_argument("--frames", type=int, help="override T")
+    parser.add_argument("--image-size", type=int, help="override the input side")
+    parser.add_argument("--batch", type=int, help="override clips per step")
+    parser.add_argument("--rounds", type=int, default=5, help="timed steps per variant")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    names = [n for n in args.methods.split(",") if n]
+    unknown = [n for n in names if n not in VARIANTS or VARIANTS[n].method not in METHODS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    small = args.small
+    shape = Shape(args.backbone, args.frames or (4 if small else 8),
+                  args.image_size or (112 if small else 224), args.batch or (2 if small else 1))
+    results = benchmark(names, shape, args.rounds, args.device, args.compile)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print_table(results, shape, args.device)
+
+
+if __name__ == "__main__":
+    main()
