@@ -1,0 +1,173 @@
+"""The README's methods table: parameters at ViT-B/16 scale and top-1 on the synthetic set.
+
+    python benchmarks/methods_table.py                        # every method, the recipes' budget
+    python benchmarks/methods_table.py --only linear vpt_deep --epochs 1
+    python benchmarks/methods_table.py --json runs/methods_table.json --write-readme
+    python benchmarks/methods_table.py --from-json runs/methods_table.json --write-readme
+
+For every video-classification method with a recipe in ``configs/synthetic/`` (and the variants
+the recipes' comments name), two measurements:
+
+* parameters of the method on CLIP ViT-B/16, 8 frames at 224², 400 classes, with the method's
+  default options (the papers' settings) plus the variant's, built on the meta device as
+  ``vidadapt info`` does (no weights, seconds per method);
+* top-1 on the synthetic set after training the synthetic recipe with ``train_experiment``,
+  one run after another, at the recipe's budget (``--epochs`` shortens it for a quick check).
+
+``--write-readme`` replaces the table between the README's ``methods-table`` markers. The CLIP
+text methods (zero-shot, CoOp, CoCoOp, CLIP-Adapter, Tip-Adapter) need a text tower and are
+not in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from vidadapt.commands.demo import RUNS as DEMO_RUNS
+from vidadapt.commands.info import measure, method_options
+from vidadapt.config import load_config
+from vidadapt.engine.experiment import train_experiment
+from vidadapt.engine.logs import setup_logging
+from vidadapt.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "synthetic"
+README = ROOT / "README.md"
+MARKERS = ("<!-- methods-table:start -->", "<!-- methods-table:end -->")
+
+# The scale the parameter counts are given at (the papers' standard setting).
+BACKBONE, FRAMES, IMAGE_SIZE, NUM_CLASSES = "vit_b16_clip", 8, 224, 400
+SETTINGS = {"backbone": BACKBONE, "frames": FRAMES, "image_size": IMAGE_SIZE,
+            "num_classes": NUM_CLASSES}
+
+# name → (recipe in configs/synthetic, method.* overrides that make the variant, label).
+# Methods that adapt each frame on its own come first, those that look across frames last.
+ROWS: dict[str, tuple[str, list[str], str]] = {
+    "linear": DEMO_RUNS["linear"],
+    "full": DEMO_RUNS["full"],
+    "bitfit": ("bitfit.yaml", [], "BitFit"),
+    "vpt_shallow": ("vpt.yaml", ["method.deep=false"], "VPT-shallow"),
+    "vpt_deep": ("vpt.yaml", ["method.deep=true"], "VPT-deep"),
+    "lora": ("lora.yaml", [], "LoRA (q, v)"),
+    "prefix": ("prefix.yaml", [], "prefix tuning"),
+    "adapter": ("adapter.yaml", ["method.style=sequential"], "adapter, sequential"),
+    "adapter_parallel": ("adapter.yaml", ["method.style=parallel"], "adapter, parallel"),
+    "adapter_scaled": (
+        "adapter.yaml",
+        ["method.style=parallel", "method.positions=[mlp]", "method.scale=4"],
+        "adapter, scaled parallel (MLP)",
+    ),
+    "mam": ("mam.yaml", [], "MAM adapter"),
+    "aim_s": DEMO_RUNS["aim_s"],
+    "aim_st": DEMO_RUNS["aim_st"],
+    "aim_stj": DEMO_RUNS["aim_stj"],
+    "st_adapter": DEMO_RUNS["st_adapter"],
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(ROWS), metavar="NAME",
+                        help=f"a subset of: {', '.join(ROWS)}")
+    parser.add_argument("--epochs", type=int, help="train this many epochs, not the recipe's")
+    parser.add_argument("--work-dir", default="runs/methods_table", help="one folder per run")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write the raw numbers as JSON (keeping the rows it holds)")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="no training: print (and --write-readme) the table of a --json file")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="replace the table between the README's methods-table markers")
+    return parser.parse_args()
+
+
+def vit_b16_counts(recipe: str, overrides: list[str]) -> dict:
+    """Parameters and FLOPs of the row's method on ViT-B/16, with the method's default options
+    plus the variant's overrides (the synthetic recipe's widths suit a 4-block tiny ViT only)."""
+    method = load_config(CONFIGS / recipe).model.method
+    options = method_options(overrides, [method])
+    with torch.device("meta"):  # shapes only: no weights are allocated
+        model = create_model(method, backbone=BACKBONE, num_classes=NUM_CLASSES,
+                             num_frames=FRAMES, image_size=IMAGE_SIZE, **options).eval()
+        flops = measure(model, FRAMES, IMAGE_SIZE)
+    counts = model.parameter_counts()
+    return {"tunable_params": counts["tunable"], "total_params": counts["total"],
+            "gflops_per_view": round(flops / 1e9, 1)}
+
+
+def train_synthetic(name: str, work_dir: Path, epochs: int | None) -> dict:
+    """Train the row's synthetic recipe; its top-1 (%), tunable parameters and seconds."""
+    recipe, overrides, _ = ROWS[name]
+    extra = [f"optim.epochs={epochs}"] if epochs is not None else []
+    cfg = load_config(CONFIGS / recipe, [*overrides, *extra])
+    cfg.train.work_dir = str(work_dir / name)
+    start = time.perf_counter()
+    summary = train_experiment(cfg)
+    return {"top1": summary["val"]["top1"], "epochs": cfg.optim.epochs,
+            "synthetic_tunable_params": summary["params"]["tunable"],
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def markdown_table(rows: dict[str, dict]) -> str:
+    lines = [
+        "| method (recipe options) | tunable | total | tunable % | GFLOPs / view "
+        "| synthetic top-1 % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in (n for n in ROWS if n in rows):  # the table's order, whatever the runs' order
+        recipe, overrides, label = ROWS[name]
+        r = rows[name]
+        options = " ".join(o.removeprefix("method.") for o in overrides)
+        where = f"`{recipe}`" + (f" `{options}`" if options else "")
+        share = 100 * r["tunable_params"] / r["total_params"]
+        lines.append(
+            f"| {label} ({where}) | {millions(r['tunable_params'])} "
+            f"| {millions(r['total_params'])} | {share:.2f} | {r['gflops_per_view']:.1f} "
+            f"| {r['top1']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(table: str) -> None:
+    """Replace what lies between the two markers in README.md with ``table``."""
+    text = README.read_text()
+    start, end = (text.find(m) for m in MARKERS)
+    if start < 0 or end < start:
+        raise SystemExit(f"{README}: add the lines {MARKERS[0]} and {MARKERS[1]} around the table")
+    text = text[: start + len(MARKERS[0])] + "\n" + table + "\n" + text[end:]
+    README.write_text(text)
+    print(f"table written to {README}")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())["rows"]
+    else:
+        setup_logging()
+        # Rows already in the JSON file are kept: a run cut short continues with --only.
+        saved = Path(args.json) if args.json else None
+        rows = json.loads(saved.read_text())["rows"] if saved and saved.exists() else {}
+        for name in args.only or ROWS:
+            recipe, overrides, label = ROWS[name]
+            print(f"\n== {label} ({recipe} {' '.join(overrides)})", flush=True)
+            rows[name] = {**vit_b16_counts(recipe, overrides),
+                          **train_synthetic(name, Path(args.work_dir), args.epochs)}
+            if saved:  # after every run, so that finished runs survive an interrupted one
+                saved.write_text(json.dumps({"vit_b16": SETTINGS, "rows": rows}, indent=2))
+    table = markdown_table(rows)
+    print(table)
+    if args.write_readme:
+        write_readme(table)
+
+
+if __name__ == "__main__":
+    main()
