@@ -150,6 +150,10 @@ class ClipVideoClassifier(TunableModel):
         self.prompts: nn.Module | None = None
         self.adapter: nn.Module = nn.Identity()
         self.cache: nn.Module | None = None
+        # Frame embeddings [B, T, E] -> clip embedding [B, E], replacing ``temporal_pool``
+        # (Ju et al.'s temporal transformer, ActionCLIP's fusion). It may train, so it runs in
+        # ``classify``: the features the engine caches are the frozen frame embeddings.
+        self.temporal: nn.Module | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -178,8 +182,11 @@ class ClipVideoClassifier(TunableModel):
             self.spec.num_classes = len(classes)
 
     def video_features(self, video: Tensor) -> Tensor:
-        """Clip embedding ``[B, E]``: frame embeddings pooled over time (not normalised)."""
+        """Clip embedding ``[B, E]``: frame embeddings pooled over time (not normalised); with a
+        ``temporal`` module, the frame embeddings flattened, ``[B, T * E]``."""
         frames = self.backbone.encode(video)  # [B, T, E]
+        if self.temporal is not None:
+            return frames.flatten(1)  # [B, T * E]
         return frames.mean(dim=1) if self.temporal_pool == "mean" else frames.amax(dim=1)
 
     def text_logits(self, features: Tensor) -> Tensor:
@@ -194,7 +201,9 @@ class ClipVideoClassifier(TunableModel):
         return self.logit_scale.exp() * cosine
 
     def classify(self, features: Tensor) -> Tensor:
-        """Logits ``[B, C]`` of clip embeddings ``[B, E]``: text logits + cache logits."""
+        """Logits ``[B, C]`` of ``video_features``: text logits + cache logits."""
+        if self.temporal is not None:
+            features = self.temporal(features.unflatten(1, (-1, self.embed_dim)))  # [B, E]
         logits = self.text_logits(features)
         if self.cache is not None:
             logits = logits + self.cache(F.normalize(features, dim=-1))

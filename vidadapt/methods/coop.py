@@ -49,8 +49,11 @@ class CoOpPrompts(nn.Module):
     """Learned context + class-name embeddings → class embeddings ``[C, E]``."""
 
     def __init__(
-        self, model, n_ctx: int, ctx_init: str | None, class_specific: bool, class_position: str
+        self, model, n_ctx: int, ctx_init: str | None, class_specific: bool, class_position: str,
+        middle_split: int | None = None,
     ) -> None:
+        """``middle_split``: context vectors before the class name when ``class_position`` is
+        "middle" (default half of them)."""
         super().__init__()
         D = model.text.width
         if ctx_init:
@@ -66,6 +69,7 @@ class CoOpPrompts(nn.Module):
         self.n_ctx = ctx.shape[-2]
         self.class_specific = class_specific
         self.class_position = class_position
+        self.middle_split = self.n_ctx // 2 if middle_split is None else middle_split
         # Embeddings of the fixed tokens, rebuilt by set_classes (the text tower is frozen).
         self.register_buffer("token_prefix", torch.empty(0), persistent=False)  # [C, 1, D] SOT
         self.register_buffer("token_suffix", torch.empty(0), persistent=False)  # [C, L-1-n, D]
@@ -92,13 +96,13 @@ class CoOpPrompts(nn.Module):
         prefix, suffix = self.token_prefix, self.token_suffix
         if self.class_position == "end":
             return torch.cat([prefix, ctx, suffix], dim=1)
-        half = self.n_ctx // 2
+        split = self.middle_split
         rows = []
         for i, length in enumerate(self.name_lengths):
             start, context = prefix[i : i + 1], ctx[i : i + 1]  # [1, 1, D], [1, n_ctx, D]
             name, rest = suffix[i : i + 1, :length], suffix[i : i + 1, length:]
             if self.class_position == "middle":
-                parts = [start, context[:, :half], name, context[:, half:], rest]
+                parts = [start, context[:, :split], name, context[:, split:], rest]
             else:  # front
                 parts = [start, name, context, rest]
             rows.append(torch.cat(parts, dim=1))
