@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .backbones import ViT
@@ -33,7 +34,8 @@ class TunableModel(nn.Module):
     ``set_trainable`` freezes everything but the parts' parameters. The *tuned state* that an
     adapter checkpoint stores is those parameters plus the persistent buffers of the parts'
     modules (state fitted from data rather than learned, e.g. a Tip-Adapter cache). Fully
-    frozen modules stay in eval mode when the model trains.
+    frozen modules stay in eval mode when the model trains. Subclasses hold the image encoder
+    in ``self.backbone``.
     """
 
     def __init__(self) -> None:
@@ -109,6 +111,11 @@ class TunableModel(nn.Module):
         ``[N]`` (never on the test split); returns the choice. Default: nothing to choose."""
         return {}
 
+    def feature_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters ``video_features`` depends on. When none of them trains, the engine may
+        compute the features once per view and train on those (the feature cache)."""
+        return self.backbone.parameters()
+
     def parameter_counts(self) -> dict[str, int]:
         """``total``, ``tunable`` and tunable parameters per part."""
         params = dict(self.named_parameters())
@@ -131,6 +138,11 @@ class VideoClassifier(TunableModel):
     Per frame the backbone gives the final-norm class token; frames are averaged, then dropout
     and a Linear head. Methods attach to ``self.backbone``'s extension sites; only the
     parameters they declare (plus the head) train, and fully frozen modules stay in eval mode.
+
+    A method may replace the pooling by setting ``video_head``: a module with a ``layers``
+    attribute (block indices) called as ``video_head(tokens, layout)`` on those blocks' outputs
+    (``ViT.forward_tokens``), returning the clip feature ``[B, D]`` that dropout and the head
+    classify (EVL's decoder). A backbone with nothing to train runs without autograd.
     """
 
     def __init__(
@@ -141,6 +153,7 @@ class VideoClassifier(TunableModel):
         self.num_frames = num_frames
         # ST-Adapter averages the frames before the final norm, AIM after it.
         self.norm_before_pool = True
+        self.video_head: nn.Module | None = None  # replaces the pooling (see the docstring)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.width, num_classes)
         nn.init.normal_(self.head.weight, std=0.01)
@@ -150,9 +163,21 @@ class VideoClassifier(TunableModel):
         """Final-norm class token of every frame, ``[B, T, D]``."""
         return self.backbone(video)
 
+    def feature_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters ``video_features`` depends on: the backbone's and the video head's."""
+        yield from self.backbone.parameters()
+        if self.video_head is not None:
+            yield from self.video_head.parameters()
+
     def video_features(self, video: Tensor) -> Tensor:
         """One feature per clip, ``[B, D]``."""
-        tokens, _, layout = self.backbone.forward_tokens(video)
+        layers = self.video_head.layers if self.video_head is not None else ()
+        # A frozen backbone needs no autograd graph: nothing behind it trains (EVL's premise).
+        backbone_trains = any(p.requires_grad for p in self.backbone.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
+            tokens, collected, layout = self.backbone.forward_tokens(video, layers)
+        if self.video_head is not None:
+            return self.video_head(collected, layout)
         cls = tokens[:, 0].view(layout.batch, layout.frames, -1)  # [B, T, D]
         if self.norm_before_pool:
             return self.backbone.norm(cls).mean(dim=1)

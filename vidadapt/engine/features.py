@@ -46,9 +46,9 @@ PROBE_SEED = 1234  # the probe clip whose features fingerprint the feature funct
 
 
 def trains_on_features(cfg: ExperimentConfig, model: TunableModel) -> bool:
-    """Whether ``model`` trains on cached features: a frozen image encoder, no pixel mixing,
-    and ``train.feature_cache`` not "off"."""
-    frozen = not any(p.requires_grad for p in model.backbone.parameters())
+    """Whether ``model`` trains on cached features: a frozen feature function (image encoder,
+    and EVL-style video head if any), no pixel mixing, and ``train.feature_cache`` not "off"."""
+    frozen = not any(p.requires_grad for p in model.feature_parameters())
     mixing = cfg.optim.mixup_alpha > 0 or cfg.optim.cutmix_alpha > 0
     return frozen and not mixing and cfg.train.feature_cache != "off"
 

@@ -1,7 +1,7 @@
 """Parameter-efficient methods. Each is one module registering itself; import it here."""
 
 # Imported for their @register_method side effect (hence the noqa).
-from . import adapters, aim, baselines, bitfit, lora, prefix, st_adapter, vpt  # noqa: F401
+from . import adapters, aim, baselines, bitfit, evl, lora, prefix, st_adapter, vpt  # noqa: F401
 from .registry import METHODS, Method, get_method, parse_methods, register_method
 
 # CLIP methods, whose classifier comes from the text tower (vidadapt.clip).

@@ -1,0 +1,230 @@
+"""EVL: frozen CLIP models are efficient video learners (Lin et al., ECCV 2022).
+
+The image backbone stays frozen and runs without autograd (no gradient ever passes through
+it). A light Transformer decoder reads the outputs of the last ``num_layers`` blocks: decoder
+layer ``i`` reads block ``L - num_layers + i``. Before a layer reads them, that block's frame
+tokens get three local temporal terms (REFERENCE.md §2, as in the official code):
+
+* a depthwise Conv1d over time (kernel 3), added to every token;
+* a learned temporal position embedding ``[T, D]`` (zero init), added to every token;
+* a cross-frame attention term on the patch tokens: frame ``t``'s queries attend to frame
+  ``t - 1``'s (and ``t + 1``'s) keys, using the block's own frozen q and k; the head-averaged
+  attention weights mix a learned table of vectors indexed by the spatial offset between the
+  query and key patches (zero init, one table per direction).
+
+The decoder keeps one learned query token: per layer, ``query += Attn(LN(query), LN(tokens of
+all T frames))`` then ``query += MLP(LN(query))`` (4x, QuickGELU, dropout 0.5); the query never
+attends to itself. The head is LN → dropout → Linear (the classifier's dropout and head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones.vit import Block, TokenLayout, ViT, quick_gelu
+from ..errors import ConfigError
+from .registry import register_method
+
+QK_KEY = "evl_qk"  # layout.extras key: block index → (q, k) of that block's patch tokens
+
+
+@dataclass
+class EVLConfig:
+    num_layers: int = 4  # decoder layers; layer i reads the output of block L - num_layers + i
+    heads: int | None = None  # decoder attention heads; None = the backbone's
+    mlp_ratio: float = 4.0  # decoder MLP hidden width = mlp_ratio * D
+    mlp_dropout: float = 0.5  # dropout inside the decoder MLP, after the activation
+    temporal_conv: bool = True  # depthwise Conv1d (kernel 3) over time, residual, every token
+    temporal_embedding: bool = True  # zero-init [T, D] embedding added to every token of a frame
+    cross_frame: bool = True  # cross-frame attention term on the patch tokens (t-1 and t+1)
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1:
+            raise ValueError(f"evl.num_layers must be at least 1, got {self.num_layers}")
+
+
+class RecordQK(nn.Module):
+    """pre_attn site that leaves ``x`` unchanged and records the block's q and k of the patch
+    tokens, ``[B*T, H, P, d]`` each, for the cross-frame attention. It sees what the block's
+    attention sees when it comes after the other methods' pre_attn modules (stack EVL last)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, x: Tensor, block: Block, layout: TokenLayout) -> Tensor:
+        start, end = layout.num_prefix, layout.num_prefix + layout.num_patches
+        patches = block.norm1(x[:, start:end])  # [B*T, P, D]
+        BT, P, D = patches.shape
+        heads = block.attn.heads
+        qkv = block.attn.qkv(patches).view(BT, P, 3, heads, D // heads)  # [B*T, P, 3, H, d]
+        q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B*T, H, P, d]
+        layout.extras.setdefault(QK_KEY, {})[self.index] = (q, k)
+        return x
+
+
+def relative_offset_index(grid: tuple[int, int]) -> Tensor:
+    """``[P, P]`` index of the spatial offset (query patch − key patch) into a table of
+    ``(2h - 1) * (2w - 1)`` offsets."""
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()  # [P]
+    dy = ys[:, None] - ys[None, :] + h - 1  # [P, P], in [0, 2h - 2]
+    dx = xs[:, None] - xs[None, :] + w - 1  # [P, P], in [0, 2w - 2]
+    return dy * (2 * w - 1) + dx
+
+
+class CrossFrameAttention(nn.Module):
+    """For every patch of frame t: Σ_k a(q_t, k_{t±1})[k] · table[offset(q, k)], where ``a`` is
+    the frozen block's softmax attention averaged over heads. Zero at init."""
+
+    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = grid
+        offsets = (2 * grid[0] - 1) * (2 * grid[1] - 1)
+        self.previous = nn.Parameter(torch.zeros(offsets, dim))  # frame t reads frame t - 1
+        self.next = nn.Parameter(torch.zeros(offsets, dim))  # frame t reads frame t + 1
+        self.register_buffer("offset_index", relative_offset_index(grid), persistent=False)
+
+    def mix(self, q: Tensor, k: Tensor, table: Tensor) -> Tensor:
+        """Queries ``[B, T', H, P, d]`` against keys of other frames (same shape) → ``[B, T', P,
+        D]``."""
+        weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)  # [B, T', H, P, P]
+        weights = weights.mean(dim=2)  # [B, T', P, P]
+        vectors = table[self.offset_index]  # [P, P, D]
+        return torch.einsum("btqk,qkc->btqc", weights, vectors)
+
+    def forward(self, q: Tensor, k: Tensor, layout: TokenLayout) -> Tensor:
+        """The term for the patch tokens, ``[B, T, P, D]``, from q and k ``[B*T, H, P, d]``."""
+        if tuple(layout.grid) != self.grid:
+            raise ValueError(
+                f"EVL's cross-frame attention was built for a {self.grid} patch grid, the input "
+                f"has {tuple(layout.grid)}: build the model with the input's image size"
+            )
+        B, T = layout.batch, layout.frames
+        q = q.view(B, T, *q.shape[1:])  # [B, T, H, P, d]
+        k = k.view(B, T, *k.shape[1:])  # [B, T, H, P, d]
+        from_previous = self.mix(q[:, 1:], k[:, :-1], self.previous)  # [B, T-1, P, D]
+        from_next = self.mix(q[:, :-1], k[:, 1:], self.next)  # [B, T-1, P, D]
+        # The first frame has no previous frame and the last no next one: their term is 0.
+        return F.pad(from_previous, (0, 0, 0, 0, 1, 0)) + F.pad(from_next, (0, 0, 0, 0, 0, 1))
+
+
+class LocalTemporal(nn.Module):
+    """The temporal terms added to one block's frame tokens before a decoder layer reads them."""
+
+    def __init__(self, dim: int, frames: int, grid: tuple[int, int], cfg: EVLConfig) -> None:
+        super().__init__()
+        self.conv = (
+            nn.Conv1d(dim, dim, kernel_size=3, padding=1, groups=dim) if cfg.temporal_conv else None
+        )
+        self.temporal_embedding = (
+            nn.Parameter(torch.zeros(frames, dim)) if cfg.temporal_embedding else None
+        )
+        self.cross_frame = CrossFrameAttention(dim, grid) if cfg.cross_frame else None
+
+    def forward(self, x: Tensor, qk: tuple[Tensor, Tensor] | None, layout: TokenLayout) -> Tensor:
+        """Tokens ``[B, T, N, D]`` → the same with the temporal terms added."""
+        B, T, N, D = x.shape
+        terms = x
+        if self.conv is not None:
+            seq = x.permute(0, 2, 3, 1).reshape(B * N, D, T)  # [B*N, D, T]
+            seq = self.conv(seq).view(B, N, D, T).permute(0, 3, 1, 2)  # [B, T, N, D]
+            terms = terms + seq
+        if self.temporal_embedding is not None:
+            terms = terms + self.temporal_embedding[:T, None, :]
+        if self.cross_frame is not None:
+            start, end = layout.num_prefix, layout.num_prefix + layout.num_patches
+            patches = terms[:, :, start:end] + self.cross_frame(*qk, layout)  # [B, T, P, D]
+            terms = torch.cat([terms[:, :, :start], patches, terms[:, :, end:]], dim=2)
+        return terms
+
+
+class DecoderLayer(nn.Module):
+    """query += Attn(LN(query), LN(tokens)); query += MLP(LN(query)). No self-attention."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, mlp_dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_tokens = nn.LayerNorm(dim)
+        self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_mlp = nn.LayerNorm(dim)
+        hidden = round(mlp_ratio * dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dropout = nn.Dropout(mlp_dropout)
+        self.fc2 = nn.Linear(hidden, dim)
+        for linear in (self.q, self.k, self.v, self.proj):  # as the official code
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        for linear in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.normal_(linear.bias, std=1e-6)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        B, L, D = x.shape
+        return x.view(B, L, self.heads, D // self.heads).transpose(1, 2)  # [B, H, L, d]
+
+    def forward(self, query: Tensor, tokens: Tensor) -> Tensor:
+        """Query ``[B, 1, D]``, tokens ``[B, T*N, D]`` → updated query ``[B, 1, D]``."""
+        h = self.norm_tokens(tokens)
+        q = self.split_heads(self.q(self.norm_query(query)))  # [B, H, 1, d]
+        k, v = self.split_heads(self.k(h)), self.split_heads(self.v(h))  # [B, H, T*N, d]
+        attended = F.scaled_dot_product_attention(q, k, v)  # [B, H, 1, d]
+        query = query + self.proj(attended.transpose(1, 2).flatten(2))  # [B, 1, D]
+        hidden = self.dropout(quick_gelu(self.fc1(self.norm_mlp(query))))
+        return query + self.fc2(hidden)
+
+
+class EVLHead(nn.Module):
+    """The classifier's ``video_head``: block outputs → temporal terms → decoder → LN."""
+
+    def __init__(self, vit: ViT, frames: int, cfg: EVLConfig) -> None:
+        super().__init__()
+        depth, dim = len(vit.blocks), vit.width
+        self.layers = tuple(range(depth - cfg.num_layers, depth))  # blocks the decoder reads
+        grid = (vit.cfg.grid, vit.cfg.grid)
+        heads = cfg.heads or vit.cfg.heads
+        self.temporal = nn.ModuleList(
+            LocalTemporal(dim, frames, grid, cfg) for _ in self.layers
+        )
+        self.decoder = nn.ModuleList(
+            DecoderLayer(dim, heads, cfg.mlp_ratio, cfg.mlp_dropout) for _ in self.layers
+        )
+        self.query_embedding = nn.Parameter(torch.empty(dim))  # the one decoder query token
+        nn.init.normal_(self.query_embedding, std=0.02)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, block_outputs: list[Tensor], layout: TokenLayout) -> Tensor:
+        """Outputs ``[B*T, N, D]`` of the blocks in ``self.layers`` → clip feature ``[B, D]``."""
+        B, T = layout.batch, layout.frames
+        recorded = layout.extras.get(QK_KEY, {})
+        query = self.query_embedding.expand(B, 1, -1)  # [B, 1, D]
+        for index, x, temporal, layer in zip(
+            self.layers, block_outputs, self.temporal, self.decoder, strict=True
+        ):
+            x = x.view(B, T, *x.shape[1:])  # [B, T, N, D]
+            x = temporal(x, recorded.get(index), layout)
+            query = layer(query, x.flatten(1, 2))  # reads [B, T*N, D]
+        return self.norm(query[:, 0])  # [B, D]
+
+
+@register_method("evl", EVLConfig)
+def apply_evl(model, cfg: EVLConfig):
+    vit: ViT = model.backbone
+    if model.video_head is not None:
+        raise ConfigError("evl replaces the classifier's pooling, which another method already "
+                          "replaced: stack at most one such method")
+    if cfg.num_layers > len(vit.blocks):
+        raise ConfigError(f"evl.num_layers is {cfg.num_layers} but the backbone has only "
+                          f"{len(vit.blocks)} blocks")
+    head = EVLHead(vit, model.num_frames, cfg)
+    if cfg.cross_frame:
+        for index in head.layers:
+            vit.blocks[index].pre_attn.append(RecordQK(index))
+    model.video_head = head
+    return [head]
