@@ -14,16 +14,20 @@ from test_clip_methods import (
     CONTEXT,
     EMBED,
     FRAMES,
+    SCALE,
     assert_close,
     clip_model,
     tiny_clip,
     videos,
 )
 
+from vidadapt.backbones.vit import TokenLayout, quick_gelu
+from vidadapt.clip import TEMPLATES as TEMPLATES_BY_NAME
 from vidadapt.clip import ClipTokenizer
 from vidadapt.config import load_config
 from vidadapt.engine.build import build_model
 from vidadapt.errors import ConfigError
+from vidadapt.methods.actionclip import ShiftConv1d, TemporalShift, symmetric_kl_loss
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -35,7 +39,7 @@ def tokenizer() -> ClipTokenizer:
 # ---- reference pieces, written from the papers rather than from the library ----------------
 
 
-def reference_block(block, x: torch.Tensor) -> torch.Tensor:
+def reference_block(block, x: torch.Tensor, act=F.gelu) -> torch.Tensor:
     """A pre-norm transformer block over ``[B, N, D]`` with plain softmax attention."""
     B, N, D = x.shape
     H = block.attn.heads
@@ -43,7 +47,7 @@ def reference_block(block, x: torch.Tensor) -> torch.Tensor:
     weights = torch.einsum("bnhd,bmhd->bhnm", q, k).div(math.sqrt(D // H)).softmax(dim=-1)
     attended = torch.einsum("bhnm,bmhd->bnhd", weights, v).reshape(B, N, D)
     x = x + block.attn.proj(attended)
-    return x + block.mlp.fc2(F.gelu(block.mlp.fc1(block.norm2(x))))
+    return x + block.mlp.fc2(act(block.mlp.fc1(block.norm2(x))))
 
 
 def middle_prompt_embeddings(clip, ctx: torch.Tensor, split: int, name: str):
@@ -143,3 +147,159 @@ def test_efficient_prompt_recipe_is_the_papers_architecture():
     # ViT-B/16: E = 512; two 512-wide blocks with 4x MLPs; 8 x 512 temporal embedding.
     block = 2 * 2 * 512 + (512 * 1536 + 1536) + (512 * 512 + 512) + 2 * 512 * 2048 + 2048 + 512
     assert model.parameter_counts()["tunable"] == 32 * 512 + 8 * 512 + 2 * block == 6_325_248
+
+
+# ---- ActionCLIP ------------------------------------------------------------------------------
+
+ACTION_TEMPLATES = ["a photo of action {}", "{}, a video of action", "Human action of {}"]
+
+
+def actionclip(tokenizer, **options):
+    return clip_model(tokenizer, "actionclip", **{"templates": ACTION_TEMPLATES, **options})
+
+
+def template_embeddings(clip) -> torch.Tensor:
+    """``[K, C, E]``: every template filled with every class name, through the text tower."""
+    names = [c.replace("_", " ") for c in CLASSES]
+    with torch.no_grad():
+        return torch.stack([clip.text(clip.tokenizer([t.format(n) for n in names], CONTEXT))
+                            for t in ACTION_TEMPLATES])
+
+
+def softmax_over_templates(clip_embedding, text) -> torch.Tensor:
+    """ActionCLIP's test: softmax of 100 x cosine per template, averaged over templates."""
+    cosine = F.normalize(clip_embedding, dim=-1) @ F.normalize(text, dim=-1).transpose(1, 2)
+    return (SCALE * cosine).softmax(dim=-1).mean(dim=0)  # [B, C]
+
+
+def test_actionclip_has_the_16_official_templates():
+    templates = TEMPLATES_BY_NAME["actionclip"]
+    assert len(templates) == 16 and len(set(templates)) == 16
+    assert templates[:3] == ["a photo of action {}", "a picture of action {}",
+                             "Human action of {}"]
+    assert "{}, a video of action" in templates and templates[-1] == "The woman is {}"
+
+
+def test_actionclip_test_logits_average_the_softmax_over_templates(tokenizer):
+    clip, video = tiny_clip(tokenizer), videos()
+    text = template_embeddings(clip)
+    model = actionclip(tokenizer, fusion="mean")
+    assert model.parameter_counts()["tunable"] == 0
+    with torch.no_grad():
+        expected = softmax_over_templates(clip.visual.encode(video).mean(dim=1), text)
+        assert_close(model(video).exp(), expected)
+
+    model = actionclip(tokenizer, fusion="transformer", fusion_layers=2)
+    fusion = model.temporal
+    with torch.no_grad():
+        fusion.temporal_embed.normal_(std=0.5)
+        frames = clip.visual.encode(video)  # [B, T, E]
+        x = frames + fusion.temporal_embed
+        for block in fusion.blocks:
+            x = reference_block(block, x, act=quick_gelu)
+        expected = softmax_over_templates((x + frames).mean(dim=1), text)  # residual, then mean
+        assert_close(model(video).exp(), expected)
+
+
+def test_actionclip_trains_on_one_random_template_per_class(tokenizer):
+    clip = tiny_clip(tokenizer)
+    text = template_embeddings(clip)  # [K, C, E]
+    model = actionclip(tokenizer).train()
+    torch.manual_seed(0)
+    drawn = model.prompts(model, None)  # [C, E]
+    for c in range(len(CLASSES)):  # each class's embedding is one of its templates'
+        distances = (text[:, c] - drawn[c]).abs().amax(dim=-1)  # [K]
+        assert distances.min() < 1e-5
+    labels = torch.tensor([0, 1, 0, 3])
+    loss = model.loss_fn(model(videos()), labels)
+    loss.backward()
+    tuned = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert tuned and all(n.startswith("temporal.") for n in tuned)
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in tuned)
+
+
+def test_actionclip_loss_is_the_symmetric_kl_to_the_batch_ground_truth():
+    logits = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([2, 5, 2, 0])
+    similarity = logits[:, [2, 5, 2, 0]]  # clip i vs the text of clip j's label
+    truth = torch.tensor([[0.5, 0, 0.5, 0], [0, 1, 0, 0], [0.5, 0, 0.5, 0], [0, 0, 0, 1]])
+
+    def kl(sim):  # sum_ij t_ij (log t_ij - log softmax_j(sim_ij)), averaged over rows
+        log_p = sim.log_softmax(dim=1)
+        terms = torch.where(truth > 0, truth * (truth.clamp_min(1e-9).log() - log_p), 0.0)
+        return terms.sum() / 4
+
+    expected = (kl(similarity) + kl(similarity.T)) / 2
+    assert_close(symmetric_kl_loss(logits, labels), expected)
+    with pytest.raises(ConfigError, match="mixup"):
+        symmetric_kl_loss(logits, torch.rand(4, 6))
+
+
+def test_actionclip_fusions_shift_conv_and_temporal_shift(tokenizer):
+    frames = torch.randn(2, 4, 8)
+    shifted = torch.zeros_like(frames)  # channels 0-1 from t-1, 2-5 stay, 6-7 from t+1
+    shifted[:, 1:, :2] = frames[:, :-1, :2]
+    shifted[:, :, 2:6] = frames[:, :, 2:6]
+    shifted[:, :-1, 6:] = frames[:, 1:, 6:]
+    with torch.no_grad():
+        assert_close(ShiftConv1d(8)(frames), (frames + shifted).mean(dim=1))
+
+    layout = TokenLayout(batch=1, frames=3, grid=(1, 2), num_prefix=1, num_suffix=1)
+    tokens = torch.randn(3, 1 + 2 + 1, 16)  # [T, CLS + 2 patches + 1 suffix, D]
+    out = TemporalShift(div=8)(tokens, None, layout)
+    patches, moved = tokens[:, 1:3], out[:, 1:3]
+    assert torch.equal(out[:, 0], tokens[:, 0]) and torch.equal(out[:, 3], tokens[:, 3])
+    assert torch.equal(moved[1:, :, :2], patches[:-1, :, :2])  # forward: frame t has t-1's
+    assert torch.equal(moved[:-1, :, 2:4], patches[1:, :, 2:4])  # backward: t has t+1's
+    assert torch.equal(moved[..., 4:], patches[..., 4:])
+    assert not moved[0, :, :2].any() and not moved[-1, :, 2:4].any()
+
+    model = actionclip(tokenizer, fusion="lstm", temporal_shift=True)
+    assert all(isinstance(b.pre_attn[0], TemporalShift) for b in model.backbone.blocks)
+    with torch.no_grad():  # the shift makes a frame's embedding depend on its neighbours
+        video = videos()
+        changed = video.clone()
+        changed[:, 0] += 1.0
+        frames, moved_frames = model.backbone.encode(video), model.backbone.encode(changed)
+        assert (frames[:, 1] - moved_frames[:, 1]).abs().amax() > 1e-3
+
+
+def test_actionclip_tunes_the_encoders_when_asked(tokenizer):
+    model = actionclip(tokenizer, fusion="conv1d", tune_image_encoder=True,
+                       tune_text_encoder=True).train()
+    counts = model.parameter_counts()
+    towers = sum(p.numel() for p in model.backbone.parameters()) + sum(
+        p.numel() for p in model.text.parameters())
+    assert counts["actionclip"] == counts["tunable"] == towers + EMBED * 3
+    model.loss_fn(model(videos()), torch.tensor([0, 1, 2, 3])).backward()
+    assert model.text.token_embed.weight.grad.abs().sum() > 0  # texts encoded with gradients
+    assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.text.proj.mul_(-1.0)  # the tuned tower moved: evaluation re-embeds the templates
+    model.eval()
+    clip = tiny_clip(tokenizer)
+    clip.text.load_state_dict(model.text.state_dict())
+    with torch.no_grad():
+        video = videos()
+        expected = softmax_over_templates(model.temporal(model.backbone.encode(video)),
+                                          template_embeddings(clip))
+        assert_close(model(video).exp(), expected)
+
+
+def test_actionclip_options_are_checked(tokenizer):
+    with pytest.raises(ConfigError, match="fusion 'gru'"):
+        actionclip(tokenizer, fusion="gru")
+    with pytest.raises(ConfigError, match="exactly one"):
+        actionclip(tokenizer, templates=["no placeholder"])
+
+
+@pytest.mark.parametrize("frames", [8, 32])
+def test_actionclip_recipes_fine_tune_both_towers(frames):
+    cfg, model = paper_recipe(f"actionclip/k400_vit_b16_{frames}.yaml")
+    assert (cfg.optim.lr, cfg.optim.lr_mult, cfg.model.num_frames) == (
+        5e-6, {r"^temporal\.": 10.0}, frames)
+    counts = model.parameter_counts()
+    fusion = sum(p.numel() for p in model.temporal.parameters())
+    block = 2 * 2 * 512 + (512 * 1536 + 1536) + (512 * 512 + 512) + 2 * 512 * 2048 + 2048 + 512
+    assert fusion == frames * 512 + 6 * block  # frame position embedding + 6 blocks
+    assert counts["tunable"] == counts["total"] - 1  # everything but the logit scale

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,9 @@ class ClipVideoClassifier(TunableModel):
         # (Ju et al.'s temporal transformer, ActionCLIP's fusion). It may train, so it runs in
         # ``classify``: the features the engine caches are the frozen frame embeddings.
         self.temporal: nn.Module | None = None
+        # Training loss ``(logits, labels) -> loss`` replacing the engine's cross-entropy
+        # (ActionCLIP's symmetric KL over the batch); None = cross-entropy.
+        self.loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -191,9 +194,14 @@ class ClipVideoClassifier(TunableModel):
 
     def text_logits(self, features: Tensor) -> Tensor:
         """``exp(logit_scale) * cos`` between clip embeddings ``[B, E]`` (after the adapter)
-        and the class embeddings, ``[B, C]``."""
+        and the class embeddings, ``[B, C]``. Prompts giving K embeddings per class
+        (``[1, C, K, E]``) are ensembled as ActionCLIP tests: log of the mean softmax."""
         image = F.normalize(self.adapter(features), dim=-1)  # [B, E]
         text = F.normalize(self.prompts(self, image), dim=-1)  # [C, E] or [B, C, E]
+        if text.ndim == 4:  # [1, C, K, E]: K prompts per class, their softmaxes averaged
+            cosine = torch.einsum("be,cke->bkc", image, text[0])  # [B, K, C]
+            probs = (self.logit_scale.exp() * cosine).softmax(dim=-1).mean(dim=1)  # [B, C]
+            return probs.log()
         if text.ndim == 2:
             cosine = image @ text.T  # [B, C]
         else:

@@ -2,7 +2,8 @@
 
 Zero-shot CLIP embeds every template filled with a class name and averages the normalised
 embeddings into one class embedding (prompt ensembling). The sets below are the ones the CLIP
-authors published for Kinetics-700 and UCF101; ``"photo"`` is CLIP's default single prompt.
+authors published for Kinetics-700 and UCF101, and ActionCLIP's 16; ``"photo"`` is CLIP's
+default single prompt.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ TEMPLATES: dict[str, list[str]] = {
         for verb in _VERBS
         for article in ("a", "the")
         for media in _MEDIA
+    ],
+    # ActionCLIP's 16 training / test templates (Wang et al.).
+    "actionclip": [
+        "a photo of action {}", "a picture of action {}", "Human action of {}", "{}, an action",
+        "{} this is an action", "{}, a video of action", "Playing action of {}", "{}",
+        "Playing a kind of action, {}", "Doing a kind of action, {}", "Look, the human is {}",
+        "Can you recognize the action of {}?", "Video classification of {}", "A video of {}",
+        "The man is {}", "The woman is {}",
     ],
 }
 

@@ -250,7 +250,7 @@ class Trainer:
             with nullcontext() if last or not self.dist.enabled else self.ddp.no_sync():
                 with self._autocast():
                     logits = self.forward(video)
-                loss = classification_loss(logits, target, self.cfg.optim.label_smoothing)
+                loss = self._loss(logits, target)
                 scaled = loss / len(micro_batches)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
@@ -264,6 +264,14 @@ class Trainer:
             )
         self._optimizer_step(lr)
         return loss
+
+    def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The model's own training loss when it has one (``loss_fn``: ActionCLIP's), else
+        cross-entropy."""
+        loss_fn = getattr(self.model, "loss_fn", None)
+        if loss_fn is not None:
+            return loss_fn(logits.float(), target)
+        return classification_loss(logits, target, self.cfg.optim.label_smoothing)
 
     def _inputs(self, batch: dict[str, Any], micro_index: int) -> tuple[Tensor, Tensor]:
         video = batch["video"].to(self.device, non_blocking=True)  # [B, T, 3, H, W]

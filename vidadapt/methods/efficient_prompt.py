@@ -42,18 +42,20 @@ class EfficientPromptConfig(ClipOptions):
 
 
 class TemporalTransformer(nn.Module):
-    """Frame embeddings ``[B, T, E]`` + a learned temporal embedding → pre-norm transformer
-    blocks (the ViT's, 4x MLP) → mean over time ``[B, E]``. ``residual`` adds the blocks'
-    input back before the mean (ActionCLIP's fusion does, Ju et al.'s does not)."""
+    """Frame embeddings ``[B, T, E]`` + a learned temporal embedding (N(0, ``init_std``)) →
+    pre-norm transformer blocks (the ViT's, 4x MLP) → mean over time ``[B, E]``. ``residual``
+    adds the frame embeddings back before the mean (ActionCLIP's fusion does, Ju et al.'s
+    does not)."""
 
     def __init__(
-        self, dim: int, num_frames: int, depth: int, heads: int, residual: bool = False
+        self, dim: int, num_frames: int, depth: int, heads: int, residual: bool = False,
+        act: str = "gelu", init_std: float = 0.01,
     ) -> None:
         super().__init__()
         if dim % heads:
             raise ConfigError(f"temporal heads ({heads}) must divide the embedding size {dim}")
-        self.temporal_embed = nn.Parameter(torch.randn(num_frames, dim) * 0.01)
-        block = ViTConfig(width=dim, heads=heads, mlp_dim=4 * dim, act="gelu")
+        self.temporal_embed = nn.Parameter(torch.randn(num_frames, dim) * init_std)
+        block = ViTConfig(width=dim, heads=heads, mlp_dim=4 * dim, act=act)
         self.blocks = nn.ModuleList(Block(block) for _ in range(depth))
         self.residual = residual
 
