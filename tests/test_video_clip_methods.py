@@ -15,6 +15,7 @@ from test_clip_methods import (
     EMBED,
     FRAMES,
     SCALE,
+    SIZE,
     assert_close,
     clip_model,
     tiny_clip,
@@ -24,8 +25,9 @@ from test_clip_methods import (
 from vidadapt.backbones.vit import TokenLayout, quick_gelu
 from vidadapt.clip import TEMPLATES as TEMPLATES_BY_NAME
 from vidadapt.clip import ClipTokenizer
-from vidadapt.config import load_config
+from vidadapt.config import config_from_dict, load_config
 from vidadapt.engine.build import build_model
+from vidadapt.engine.trainer import Trainer
 from vidadapt.errors import ConfigError
 from vidadapt.methods.actionclip import ShiftConv1d, TemporalShift, symmetric_kl_loss
 
@@ -303,3 +305,40 @@ def test_actionclip_recipes_fine_tune_both_towers(frames):
     block = 2 * 2 * 512 + (512 * 1536 + 1536) + (512 * 512 + 512) + 2 * 512 * 2048 + 2048 + 512
     assert fusion == frames * 512 + 6 * block  # frame position embedding + 6 blocks
     assert counts["tunable"] == counts["total"] - 1  # everything but the logit scale
+
+
+class LabelledClips(torch.utils.data.Dataset):
+    def __init__(self, num: int) -> None:
+        self.videos = videos(num, seed=2)
+        self.labels = torch.arange(num) % len(CLASSES)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"video": self.videos[index], "label": int(self.labels[index]), "index": index}
+
+
+def test_the_trainer_uses_actionclip_loss_on_cached_frame_embeddings(tokenizer, tmp_path):
+    cfg = config_from_dict({
+        "model": {"method": "actionclip", "num_frames": FRAMES},
+        "data": {"batch_size": 4, "eval_batch_size": 4, "num_workers": 0,
+                 "transform": {"size": SIZE, "short_side": SIZE}},
+        "optim": {"lr": 1e-2, "epochs": 1, "warmup_epochs": 0},
+        "train": {"work_dir": str(tmp_path), "amp": "off", "feature_cache": "memory"},
+    })
+    model = actionclip(tokenizer, fusion="conv1d")
+    calls = []
+
+    def recording_loss(logits, labels):
+        calls.append((logits.shape, labels.tolist()))
+        return symmetric_kl_loss(logits, labels)
+
+    model.loss_fn = recording_loss
+    before = model.temporal.conv.weight.clone()
+    trainer = Trainer(cfg, model, LabelledClips(8))
+    assert trainer.train_set.features.shape == (8, 1, FRAMES * EMBED)  # frame embeddings
+    trainer.fit()
+    assert [shape for shape, _ in calls] == [(4, len(CLASSES))] * 2
+    assert sorted(sum((labels for _, labels in calls), [])) == sorted([0, 1, 2, 3, 4, 0, 1, 2])
+    assert not torch.equal(model.temporal.conv.weight, before)
