@@ -66,8 +66,7 @@ VARIANTS = {
     "adapter": Variant("adapter"),
     "mam": Variant("mam"),
     "bitfit": Variant("bitfit"),
-    # EVL (issue: EVL decoder) slots in here as Variant("evl") once it registers; its step
-    # reads frozen features and must never run the backbone backward (target ≤ 0.4× full).
+    "evl": Variant("evl"),  # the backbone runs without autograd: no backward through it
 }
 REFERENCE = "full"  # ratios are to full fine-tuning
 
