@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, help="override T")
     parser.add_argument("--image-size", type=int, help="override the input side")
     parser.add_argument("--batch", type=int, help="override clips per step")
-    parser.add_argument("--rounds", type=int, default=5, help="timed steps per variant")
+    parser.add_argument("--rounds", type=int, default=3, help="timed steps per variant")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
