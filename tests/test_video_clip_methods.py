@@ -22,14 +22,18 @@ from test_clip_methods import (
     videos,
 )
 
+from vidadapt import ViT, ViTConfig, create_clip_model
 from vidadapt.backbones.vit import TokenLayout, quick_gelu
 from vidadapt.clip import TEMPLATES as TEMPLATES_BY_NAME
 from vidadapt.clip import ClipTokenizer
+from vidadapt.clip.model import Clip
 from vidadapt.config import config_from_dict, load_config
 from vidadapt.engine.build import build_model
+from vidadapt.engine.optim import lr_multiplier
 from vidadapt.engine.trainer import Trainer
 from vidadapt.errors import ConfigError
 from vidadapt.methods.actionclip import ShiftConv1d, TemporalShift, symmetric_kl_loss
+from vidadapt.methods.xclip import convert_hf_xclip
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -342,3 +346,123 @@ def test_the_trainer_uses_actionclip_loss_on_cached_frame_embeddings(tokenizer, 
     assert [shape for shape, _ in calls] == [(4, len(CLASSES))] * 2
     assert sorted(sum((labels for _, labels in calls), [])) == sorted([0, 1, 2, 3, 4, 0, 1, 2])
     assert not torch.equal(model.temporal.conv.weight, before)
+
+
+# ---- X-CLIP ----------------------------------------------------------------------------------
+
+
+def xclip_model(tokenizer, **options):
+    """X-CLIP on the tiny CLIP with a 2-block image tower: a message token built from the class
+    token entering the first block carries nothing of its frame (every frame's class token is
+    the same there), so frames first exchange information in the second block."""
+    text = tiny_clip(tokenizer)
+    clip = Clip(deep_visual(), text.text, tokenizer, text.logit_scale)
+    torch.manual_seed(2)
+    model = create_clip_model("xclip", CLASSES, backbone=clip, num_frames=FRAMES, mit_heads=2,
+                              prompt_heads=2, **options).eval()
+    with torch.no_grad():  # messages strong enough to see (their default init is small)
+        for name, p in model.backbone.named_parameters():
+            if ".pre_attn." in name and p.ndim > 1:
+                p.normal_(std=0.3)
+    return model
+
+
+def deep_visual() -> ViT:
+    torch.manual_seed(1)
+    visual = ViT(ViTConfig(image_size=SIZE, patch_size=8, width=32, depth=2, heads=2,
+                           mlp_dim=64, embed_dim=EMBED))
+    with torch.no_grad():
+        for name, p in visual.named_parameters():
+            if p.ndim > 1 and "norm" not in name:
+                p.normal_(std=0.3)
+    return visual.eval()
+
+
+def test_xclip_matches_hugging_face_xclip_model(tokenizer):
+    transformers = pytest.importorskip("transformers")
+    text_config = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=2,
+                       max_position_embeddings=CONTEXT)
+    vision_config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, image_size=SIZE, patch_size=8,
+                         num_frames=FRAMES, mit_hidden_size=EMBED, mit_intermediate_size=128,
+                         mit_num_hidden_layers=1, mit_num_attention_heads=2)
+    config = transformers.XCLIPConfig(text_config=text_config, vision_config=vision_config,
+                                      projection_dim=EMBED, prompt_layers=2,
+                                      prompt_num_attention_heads=2)
+    torch.manual_seed(0)
+    hf = transformers.XCLIPModel(config).eval()
+    with torch.no_grad():  # move every weight off its init (LayerNorms, alpha, zero biases)
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+
+    model = xclip_model(tokenizer)
+    visual, text, head = convert_hf_xclip(hf.state_dict())
+    model.backbone.load_state_dict(visual)
+    model.text.load_state_dict(text)
+    missing, unexpected = model.load_state_dict(head, strict=False)
+    assert unexpected == [] and all(k.startswith(("backbone.", "text.")) or k == "logit_scale"
+                                    for k in missing)
+    with torch.no_grad():
+        model.logit_scale.copy_(hf.logit_scale)
+    model.set_classes(model.classes)  # re-embed the class names with the loaded text tower
+
+    video = videos()
+    with torch.no_grad():
+        expected = hf(input_ids=model.prompts.tokens, pixel_values=video)
+        features = model.video_features(video)
+        tokens = features.unflatten(1, (-1, EMBED))  # [B, T + N, E]
+        video_embeds = model.temporal(tokens[:, :FRAMES])
+        text_embeds = model.prompts(model, tokens[:, FRAMES:])  # [B, C, E]
+        logits = model(video)
+    tol = dict(rtol=0, atol=1e-4)
+    torch.testing.assert_close(F.normalize(video_embeds, dim=-1), expected.video_embeds, **tol)
+    torch.testing.assert_close(F.normalize(text_embeds, dim=-1), expected.text_embeds, **tol)
+    torch.testing.assert_close(logits, expected.logits_per_video, **tol)
+
+
+def test_xclip_message_tokens_let_frames_talk_and_leave_the_layout_as_found(tokenizer):
+    model = xclip_model(tokenizer)
+    plain = deep_visual()  # the same image tower without the message tokens
+    video = videos()
+    changed = video.clone()
+    changed[:, 0] += 1.0  # only frame 0 differs
+    with torch.no_grad():
+        for vit, talks in ((plain, False), (model.backbone, True)):
+            tokens, _, layout = vit.forward_tokens(video)
+            assert tokens.shape[1] == 1 + 4 and layout.num_suffix == 0  # message removed
+            frame1 = vit.encode(video)[:, 1] - vit.encode(changed)[:, 1]
+            assert (frame1.abs().amax() > 1e-3) == talks
+    assert torch.equal(model.prompts.alpha, torch.full((EMBED,), 0.1))
+
+
+@pytest.mark.parametrize("tune", [False, True])
+def test_xclip_trains_its_modules_and_optionally_the_towers(tokenizer, tune):
+    model = xclip_model(tokenizer, tune_image_encoder=tune, tune_text_encoder=tune).train()
+    tuned = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    own = {"temporal", "visual_context", "prompts"}
+    assert tuned == own | {"backbone", "text"} if tune else own | {"backbone"}
+    messages = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
+    assert tune or all(".pre_attn.0." in n for n in messages)  # frozen tower: messages only
+    F.cross_entropy(model(videos()), torch.tensor([0, 1, 2, 3])).backward()
+    assert model.prompts.alpha.grad.abs().sum() > 0
+    assert (model.text.token_embed.weight.grad is not None) == tune
+
+
+def test_xclip_recipe_gives_the_new_modules_ten_times_the_image_towers_rate():
+    cfg, model = paper_recipe("xclip/k400_vit_b16_8.yaml")
+    assert (cfg.optim.lr, cfg.method["tune_image_encoder"]) == (8e-6, True)
+    tuned = {n for n, p in model.named_parameters() if p.requires_grad}
+    own = {".".join(filter(None, ("backbone", module_name, name)))  # the ViT's own weights
+           for module_name, module in model.backbone.named_image_modules()
+           for name, _ in module.named_parameters(recurse=False)}
+    new = tuned - own
+    assert all(lr_multiplier(n, cfg.optim.lr_mult) == 10.0 for n in new)
+    assert all(lr_multiplier(n, cfg.optim.lr_mult) == 1.0 for n in tuned - new)
+    assert not any(n.startswith("text.") for n in tuned)
+    # Per block: message Linear, LayerNorm and attention (qkv + proj) at width 768.
+    message = (768 * 768 + 768) + 2 * 768 + (768 * 2304 + 2304) + (768 * 768 + 768)
+    assert model.parameter_counts()["xclip"] == sum(
+        p.numel() for n, p in model.named_parameters() if n in tuned)
+    assert sum(p.numel() for n, p in model.named_parameters() if ".pre_attn." in n) == (
+        12 * message)

@@ -157,6 +157,9 @@ class ClipVideoClassifier(TunableModel):
         # Training loss ``(logits, labels) -> loss`` replacing the engine's cross-entropy
         # (ActionCLIP's symmetric KL over the batch); None = cross-entropy.
         self.loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+        # The image tower's last tokens -> per-clip visual tokens [B, N, E] that the prompts
+        # condition on instead of the clip embedding (X-CLIP's video-specific prompts).
+        self.visual_context: nn.Module | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -186,18 +189,27 @@ class ClipVideoClassifier(TunableModel):
 
     def video_features(self, video: Tensor) -> Tensor:
         """Clip embedding ``[B, E]``: frame embeddings pooled over time (not normalised); with a
-        ``temporal`` module, the frame embeddings flattened, ``[B, T * E]``."""
-        frames = self.backbone.encode(video)  # [B, T, E]
+        ``temporal`` module, the frame embeddings flattened, ``[B, T * E]``, followed by the
+        visual context tokens, ``[B, (T + N) * E]``, with a ``visual_context`` module."""
+        if self.visual_context is None:
+            frames = self.backbone.encode(video)  # [B, T, E]
+        else:
+            tokens, _, layout = self.backbone.forward_tokens(video)
+            frames = self.backbone.pool(tokens, layout) @ self.backbone.proj  # [B, T, E]
+            context = self.visual_context(tokens, layout)  # [B, N, E]
+            return torch.cat([frames, context], dim=1).flatten(1)  # [B, (T + N) * E]
         if self.temporal is not None:
             return frames.flatten(1)  # [B, T * E]
         return frames.mean(dim=1) if self.temporal_pool == "mean" else frames.amax(dim=1)
 
-    def text_logits(self, features: Tensor) -> Tensor:
+    def text_logits(self, features: Tensor, context: Tensor | None = None) -> Tensor:
         """``exp(logit_scale) * cos`` between clip embeddings ``[B, E]`` (after the adapter)
-        and the class embeddings, ``[B, C]``. Prompts giving K embeddings per class
-        (``[1, C, K, E]``) are ensembled as ActionCLIP tests: log of the mean softmax."""
+        and the class embeddings, ``[B, C]``. The prompts see the normalised clip embeddings,
+        or the visual context tokens ``[B, N, E]`` when given. Prompts giving K embeddings per
+        class (``[1, C, K, E]``) are ensembled as ActionCLIP tests: log of the mean softmax."""
         image = F.normalize(self.adapter(features), dim=-1)  # [B, E]
-        text = F.normalize(self.prompts(self, image), dim=-1)  # [C, E] or [B, C, E]
+        condition = image if context is None else context
+        text = F.normalize(self.prompts(self, condition), dim=-1)  # [C, E] or [B, C, E]
         if text.ndim == 4:  # [1, C, K, E]: K prompts per class, their softmaxes averaged
             cosine = torch.einsum("be,cke->bkc", image, text[0])  # [B, K, C]
             probs = (self.logit_scale.exp() * cosine).softmax(dim=-1).mean(dim=1)  # [B, C]
@@ -210,9 +222,14 @@ class ClipVideoClassifier(TunableModel):
 
     def classify(self, features: Tensor) -> Tensor:
         """Logits ``[B, C]`` of ``video_features``: text logits + cache logits."""
+        context = None
+        if self.visual_context is not None:
+            tokens = features.unflatten(1, (-1, self.embed_dim))  # [B, T + N, E]
+            T = self.num_frames
+            features, context = tokens[:, :T].flatten(1), tokens[:, T:]  # [B, T * E], [B, N, E]
         if self.temporal is not None:
             features = self.temporal(features.unflatten(1, (-1, self.embed_dim)))  # [B, E]
-        logits = self.text_logits(features)
+        logits = self.text_logits(features, context)
         if self.cache is not None:
             logits = logits + self.cache(F.normalize(features, dim=-1))
         return logits

@@ -1,0 +1,236 @@
+"""X-CLIP: Expanding Language-Image Pretrained Models for General Video Recognition
+(Ni et al., ECCV 2022).
+
+Three modules around CLIP (REFERENCE.md §2):
+
+* cross-frame communication in every image block: each frame's class token → Linear → a
+  "message token"; the T messages of a clip attend to each other (LN → MHSA, residual); each
+  frame's message is appended to its tokens for the block's attention (``Block.pre_attn``) and
+  removed before the MLP (``Block.pre_mlp``);
+* a multi-frame integration transformer over the frame embeddings: learned ``[T, E]`` position
+  embedding, 1 block with 8 heads, residual, mean over time (``ClipVideoClassifier.temporal``);
+* video-specific prompts: the class-name embeddings (the bare name is the prompt) attend to the
+  clip's patch tokens (LN, projected to E, averaged over frames) in 2 cross-attention layers;
+  class embedding = text + alpha * decoder(text, visual), alpha per channel, initialised 0.1.
+
+``convert_hf_xclip`` maps a Hugging Face ``XCLIPModel`` state dict to vidadapt names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones.vit import ACTIVATIONS, Attention, TokenLayout
+from ..checkpoints.convert import _HF_CLIP_RULES, _fuse_qkv, _rename, convert_hf_clip
+from ..clip.heads import ClipOptions, clip_model_of
+from ..clip.text import convert_hf_text
+from ..errors import ConfigError
+from .efficient_prompt import TemporalTransformer
+from .registry import Trainable, register_method
+
+StateDict = dict[str, Tensor]
+
+
+@dataclass
+class XCLIPConfig(ClipOptions):
+    mit_layers: int = 1  # multi-frame integration transformer blocks
+    mit_heads: int = 8  # their heads (must divide E)
+    prompt_layers: int = 2  # video-specific prompt generator layers
+    prompt_heads: int = 8  # their cross-attention heads (must divide E)
+    prompt_alpha: float = 0.1  # initial per-channel weight of the generated prompt
+    message_heads: int | None = None  # message attention heads; None = the image blocks'
+    tune_image_encoder: bool = False  # fine-tune the image tower (the official recipe does)
+    tune_text_encoder: bool = False  # fine-tune the text tower
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(self.mit_layers, self.prompt_layers) < 1:
+            raise ConfigError(f"mit_layers and prompt_layers must be >= 1; got "
+                              f"{self.mit_layers} and {self.prompt_layers}")
+
+
+class MessageTokens(nn.Module):
+    """``Block.pre_attn`` site: appends each frame's message token ``[B*T, 1, D]``, computed
+    from the frames' class tokens and exchanged between the frames of a clip."""
+
+    def __init__(self, dim: int, heads: int, norm_eps: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, heads)
+
+    def forward(self, x: Tensor, block: nn.Module, layout: TokenLayout) -> Tensor:
+        B, T, D = layout.batch, layout.frames, x.shape[-1]
+        message = self.fc(x[:, 0]).view(B, T, D)  # [B, T, D]
+        message = message + self.attn(self.norm(message))  # frames talk to each other
+        layout.num_suffix += 1
+        return torch.cat([x, message.view(B * T, 1, D)], dim=1)  # [B*T, N + 1, D]
+
+
+class DropMessageTokens(nn.Module):
+    """``Block.pre_mlp`` site: removes the message token that ``MessageTokens`` appended."""
+
+    def forward(self, x: Tensor, block: nn.Module, layout: TokenLayout) -> Tensor:
+        layout.num_suffix -= 1
+        return x[:, :-1]
+
+
+class VisualContext(nn.Module):
+    """Last-block patch tokens ``[B*T, N, D]`` → LN → ``@ proj`` → mean over frames,
+    ``[B, P, E]``: what the video-specific prompts attend to."""
+
+    def __init__(self, width: int, embed_dim: int, norm_eps: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=norm_eps)
+        self.proj = nn.Parameter(torch.randn(width, embed_dim) * width**-0.5)
+
+    def forward(self, tokens: Tensor, layout: TokenLayout) -> Tensor:
+        start = layout.num_prefix
+        patches = tokens[:, start : start + layout.num_patches]  # [B*T, P, D]
+        projected = self.norm(patches) @ self.proj  # [B*T, P, E]
+        return projected.view(layout.batch, layout.frames, *projected.shape[1:]).mean(dim=1)
+
+
+class CrossAttention(nn.Module):
+    """Queries attend to other tokens: q, k, v projections without bias, output with bias."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"prompt heads ({heads}) must divide the embedding size {dim}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, queries: Tensor, tokens: Tensor) -> Tensor:
+        B, C, D = queries.shape
+        H = self.heads
+        q = self.q(queries).view(B, C, H, D // H).transpose(1, 2)  # [B, H, C, d]
+        k = self.k(tokens).view(B, -1, H, D // H).transpose(1, 2)  # [B, H, P, d]
+        v = self.v(tokens).view(B, -1, H, D // H).transpose(1, 2)  # [B, H, P, d]
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, H, C, d]
+        return self.proj(out.transpose(1, 2).reshape(B, C, D))
+
+
+class PromptLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, norm_eps: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.cross_attn = CrossAttention(dim, heads)
+        self.norm3 = nn.LayerNorm(dim, eps=norm_eps)  # named after the paper's code
+        self.mlp = nn.Sequential(OrderedDict(
+            fc1=nn.Linear(dim, 4 * dim), act=QuickGELU(), fc2=nn.Linear(4 * dim, dim)))
+
+    def forward(self, text: Tensor, visual: Tensor) -> Tensor:
+        text = text + self.cross_attn(self.norm1(text), visual)
+        return text + self.mlp(self.norm3(text))
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return ACTIVATIONS["quick_gelu"](x)
+
+
+class VideoSpecificPrompts(nn.Module):
+    """Class-name embeddings ``[C, E]`` shifted per clip by what the clip shows: ``[B, C, E]``
+    = text + alpha * decoder(text, LN(visual context))."""
+
+    def __init__(self, dim: int, cfg: XCLIPConfig, tune_text: bool, norm_eps: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.layers = nn.ModuleList(PromptLayer(dim, cfg.prompt_heads, norm_eps)
+                                    for _ in range(cfg.prompt_layers))
+        self.alpha = nn.Parameter(torch.full((dim,), cfg.prompt_alpha))
+        self.tune_text = tune_text
+        self.register_buffer("tokens", torch.empty(0, dtype=torch.long), persistent=False)
+        # Class-name embeddings of the frozen text tower, [C, E]; rebuilt by set_classes.
+        self.register_buffer("embeddings", torch.empty(0), persistent=False)
+
+    @torch.no_grad()
+    def set_classes(self, model, names: Sequence[str]) -> None:
+        self.tokens = model.tokenizer(list(names), model.text.cfg.context_length).to(
+            model.logit_scale.device)
+        self.embeddings = model.text(self.tokens)  # [C, E]
+
+    def forward(self, model, visual: Tensor) -> Tensor:
+        """``visual``: the visual context tokens ``[B, P, E]``."""
+        text = model.text(self.tokens) if self.tune_text else self.embeddings  # [C, E]
+        text = text.expand(visual.shape[0], -1, -1)  # [B, C, E]
+        visual = self.norm(visual)
+        generated = text
+        for layer in self.layers:
+            generated = layer(generated, visual)
+        return text + self.alpha * generated  # [B, C, E]
+
+
+@register_method("xclip", XCLIPConfig, exclusive=True)
+def apply_xclip(model, cfg: XCLIPConfig) -> Trainable:
+    model = clip_model_of(model, "xclip")
+    vit, E = model.backbone, model.embed_dim
+    eps = vit.cfg.norm_eps
+    messages = []
+    for block in vit.blocks:
+        message = MessageTokens(vit.width, cfg.message_heads or vit.cfg.heads, eps)
+        block.pre_attn.append(message)
+        block.pre_mlp.append(DropMessageTokens())
+        messages.append(message)
+    model.temporal = TemporalTransformer(E, model.num_frames, cfg.mit_layers, cfg.mit_heads,
+                                         residual=True, act="quick_gelu", init_std=0.02)
+    model.visual_context = VisualContext(vit.width, E, eps)
+    model.prompts = VideoSpecificPrompts(E, cfg, cfg.tune_text_encoder, eps)
+    model.set_classes(model.classes)
+    trainable: list[nn.Module] = [*messages, model.temporal, model.visual_context,
+                                  model.prompts]
+    if cfg.tune_image_encoder:
+        trainable.append(vit)
+    if cfg.tune_text_encoder:
+        trainable.append(model.text)
+    return trainable
+
+
+# ---- Hugging Face XCLIPModel weights -----------------------------------------------------------
+
+_MESSAGE_RULES = [
+    (r"\.message_fc\.", ".pre_attn.0.fc."),
+    (r"\.message_ln\.", ".pre_attn.0.norm."),
+    (r"\.message_attn\.out_proj\.", ".pre_attn.0.attn.proj."),
+    (r"\.message_attn\.([qkv])_proj\.", r".pre_attn.0.attn.\1."),
+]
+_HEAD_RULES = [
+    (r"^mit\.position_embedding$", "temporal.temporal_embed"),
+    (r"^mit\.encoder\.layers\.", "temporal.blocks."),
+    (r"^prompts_visual_layernorm\.", "visual_context.norm."),
+    (r"^prompts_visual_projection$", "visual_context.proj"),
+    (r"^prompts_generator\.layernorm\.", "prompts.norm."),
+    (r"^prompts_generator\.decoder\.", "prompts.layers."),
+    (r"^prompts_generator\.alpha$", "prompts.alpha"),
+    (r"\.cross_attn\.([qkv])_proj\.", r".cross_attn.\1."),
+    (r"\.mlp\.0\.", ".mlp.fc1."),
+    (r"\.mlp\.3\.", ".mlp.fc2."),
+]
+
+
+def convert_hf_xclip(state_dict: StateDict) -> tuple[StateDict, StateDict, StateDict]:
+    """An HF ``XCLIPModel`` state dict → (image tower with its message modules, text tower,
+    the X-CLIP modules of the classifier: ``temporal.*``, ``visual_context.*``, ``prompts.*``)."""
+    vision = {re.sub(r"^vision_model\.pre_layernorm\.", "vision_model.pre_layrnorm.", k): v
+              for k, v in state_dict.items()
+              if k.startswith("vision_model.") or k == "visual_projection.weight"}
+    visual = _rename(convert_hf_clip(vision), _MESSAGE_RULES)
+    _fuse_qkv(visual)
+    text = convert_hf_text(state_dict)
+    heads = {k: v for k, v in state_dict.items()
+             if k.startswith(("mit.", "prompts_visual_", "prompts_generator."))}
+    head = _rename(heads, _HEAD_RULES + _HF_CLIP_RULES)
+    head["temporal.temporal_embed"] = head["temporal.temporal_embed"][0]  # [T, E]
+    _fuse_qkv(head)
+    return visual, text, head
