@@ -148,6 +148,8 @@ def test_trainable_state_dict_round_trip():
 def test_bad_options_are_clear():
     with pytest.raises(ConfigError, match="only 2 blocks"):
         build(num_layers=3)
+    with pytest.raises(ConfigError, match=r"evl.heads \(3\) must divide the backbone width 64"):
+        build(heads=3)
     with pytest.raises(ConfigError, match="did you mean 'cross_frame'"):
         build(cross_frames=False)
     with pytest.raises(ValueError, match=r"built for a \(4, 4\) patch grid"):

@@ -95,7 +95,7 @@ class CrossFrameAttention(nn.Module):
         D]``."""
         weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)  # [B, T', H, P, P]
         weights = weights.mean(dim=2)  # [B, T', P, P]
-        vectors = table[self.offset_index]  # [P, P, D]
+        vectors = table[self.offset_index]  # [P, P, D]; 118 MB in fp32 at ViT-B/16, as upstream
         return torch.einsum("btqk,qkc->btqc", weights, vectors)
 
     def forward(self, q: Tensor, k: Tensor, layout: TokenLayout) -> Tensor:
@@ -130,18 +130,18 @@ class LocalTemporal(nn.Module):
     def forward(self, x: Tensor, qk: tuple[Tensor, Tensor] | None, layout: TokenLayout) -> Tensor:
         """Tokens ``[B, T, N, D]`` → the same with the temporal terms added."""
         B, T, N, D = x.shape
-        terms = x
+        out = x
         if self.conv is not None:
             seq = x.permute(0, 2, 3, 1).reshape(B * N, D, T)  # [B*N, D, T]
             seq = self.conv(seq).view(B, N, D, T).permute(0, 3, 1, 2)  # [B, T, N, D]
-            terms = terms + seq
+            out = out + seq
         if self.temporal_embedding is not None:
-            terms = terms + self.temporal_embedding[:T, None, :]
+            out = out + self.temporal_embedding[:T, None, :]
         if self.cross_frame is not None:
             start, end = layout.num_prefix, layout.num_prefix + layout.num_patches
-            patches = terms[:, :, start:end] + self.cross_frame(*qk, layout)  # [B, T, P, D]
-            terms = torch.cat([terms[:, :, :start], patches, terms[:, :, end:]], dim=2)
-        return terms
+            patches = out[:, :, start:end] + self.cross_frame(*qk, layout)  # [B, T, P, D]
+            out = torch.cat([out[:, :, :start], patches, out[:, :, end:]], dim=2)  # [B, T, N, D]
+        return out
 
 
 class DecoderLayer(nn.Module):
@@ -222,6 +222,8 @@ def apply_evl(model, cfg: EVLConfig):
     if cfg.num_layers > len(vit.blocks):
         raise ConfigError(f"evl.num_layers is {cfg.num_layers} but the backbone has only "
                           f"{len(vit.blocks)} blocks")
+    if cfg.heads and vit.width % cfg.heads:
+        raise ConfigError(f"evl.heads ({cfg.heads}) must divide the backbone width {vit.width}")
     head = EVLHead(vit, model.num_frames, cfg)
     if cfg.cross_frame:
         for index in head.layers:
