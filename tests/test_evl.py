@@ -12,6 +12,7 @@ from torch import nn
 
 from vidadapt import ViT, preset_config
 from vidadapt.backbones.vit import TokenLayout
+from vidadapt.commands.export import load_exported, save_exported
 from vidadapt.config import ExperimentConfig
 from vidadapt.engine.features import trains_on_features
 from vidadapt.errors import ConfigError
@@ -143,6 +144,17 @@ def test_trainable_state_dict_round_trip():
     fresh.load_trainable_state_dict(state)
     video = torch.randn(2, T, 3, 32, 32)
     torch.testing.assert_close(fresh.eval()(video), model.eval()(video))
+
+
+def test_export_round_trip(tmp_path):
+    # The exported model is rebuilt on the meta device and takes every tensor from the file.
+    torch.manual_seed(0)
+    model = create_model("evl", backbone="vit_tiny", num_classes=5, num_frames=T).eval()
+    randomise_zero_init(model)
+    save_exported(tmp_path / "evl.safetensors", model)
+    loaded, _ = load_exported(tmp_path / "evl.safetensors")
+    video = torch.randn(1, T, 3, 32, 32)
+    torch.testing.assert_close(loaded(video), model(video), atol=1e-5, rtol=1e-5)
 
 
 def test_bad_options_are_clear():

@@ -67,11 +67,12 @@ class RecordQK(nn.Module):
         return x
 
 
-def relative_offset_index(grid: tuple[int, int]) -> Tensor:
+def relative_offset_index(grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
     """``[P, P]`` index of the spatial offset (query patch − key patch) into a table of
     ``(2h - 1) * (2w - 1)`` offsets."""
     h, w = grid
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
+    ys, xs = torch.meshgrid(rows, cols, indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()  # [P]
     dy = ys[:, None] - ys[None, :] + h - 1  # [P, P], in [0, 2h - 2]
     dx = xs[:, None] - xs[None, :] + w - 1  # [P, P], in [0, 2w - 2]
@@ -88,14 +89,14 @@ class CrossFrameAttention(nn.Module):
         offsets = (2 * grid[0] - 1) * (2 * grid[1] - 1)
         self.previous = nn.Parameter(torch.zeros(offsets, dim))  # frame t reads frame t - 1
         self.next = nn.Parameter(torch.zeros(offsets, dim))  # frame t reads frame t + 1
-        self.register_buffer("offset_index", relative_offset_index(grid), persistent=False)
 
-    def mix(self, q: Tensor, k: Tensor, table: Tensor) -> Tensor:
+    @staticmethod
+    def mix(q: Tensor, k: Tensor, table: Tensor, offset_index: Tensor) -> Tensor:
         """Queries ``[B, T', H, P, d]`` against keys of other frames (same shape) → ``[B, T', P,
         D]``."""
         weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)  # [B, T', H, P, P]
         weights = weights.mean(dim=2)  # [B, T', P, P]
-        vectors = table[self.offset_index]  # [P, P, D]; 118 MB in fp32 at ViT-B/16, as upstream
+        vectors = table[offset_index]  # [P, P, D]; 118 MB in fp32 at ViT-B/16, as upstream
         return torch.einsum("btqk,qkc->btqc", weights, vectors)
 
     def forward(self, q: Tensor, k: Tensor, layout: TokenLayout) -> Tensor:
@@ -108,8 +109,11 @@ class CrossFrameAttention(nn.Module):
         B, T = layout.batch, layout.frames
         q = q.view(B, T, *q.shape[1:])  # [B, T, H, P, d]
         k = k.view(B, T, *k.shape[1:])  # [B, T, H, P, d]
-        from_previous = self.mix(q[:, 1:], k[:, :-1], self.previous)  # [B, T-1, P, D]
-        from_next = self.mix(q[:, :-1], k[:, 1:], self.next)  # [B, T-1, P, D]
+        # Rebuilt per call (P x P integers) rather than kept as a buffer: nothing to restore
+        # when a model is built on the meta device and loaded from a file.
+        offset_index = relative_offset_index(self.grid, q.device)  # [P, P]
+        from_previous = self.mix(q[:, 1:], k[:, :-1], self.previous, offset_index)  # [B, T-1, P, D]
+        from_next = self.mix(q[:, :-1], k[:, 1:], self.next, offset_index)  # [B, T-1, P, D]
         # The first frame has no previous frame and the last no next one: their term is 0.
         return F.pad(from_previous, (0, 0, 0, 0, 1, 0)) + F.pad(from_next, (0, 0, 0, 0, 0, 1))
 
