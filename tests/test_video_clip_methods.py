@@ -466,3 +466,23 @@ def test_xclip_recipe_gives_the_new_modules_ten_times_the_image_towers_rate():
         p.numel() for n, p in model.named_parameters() if n in tuned)
     assert sum(p.numel() for n, p in model.named_parameters() if ".pre_attn." in n) == (
         12 * message)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("actionclip", dict(templates=ACTION_TEMPLATES, tune_text_encoder=True)),
+    ("xclip", dict(mit_heads=2, prompt_heads=2)),
+])
+def test_tuned_state_round_trips(tokenizer, method, options):
+    trained = clip_model(tokenizer, method, **options)
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    trained.train().eval()  # a tuned text tower re-embeds the class prompts
+    state = trained.trainable_state_dict()
+    rebuilt = clip_model(tokenizer, method, **options)  # already in eval mode
+    video = videos()
+    with torch.no_grad():
+        rebuilt(video)  # embeds the class prompts with the untrained text tower
+        rebuilt.load_trainable_state_dict(state)  # which loading must invalidate
+        assert_close(rebuilt(video), trained(video))

@@ -131,9 +131,12 @@ class ClipVideoClassifier(TunableModel):
     """Frames ``[B, T, 3, H, W]`` → logits ``[B, C]`` against text embeddings of the classes.
 
     Methods fill in the parts: ``prompts`` (required: class embeddings ``[C, E]``, or per clip
-    ``[B, C, E]``), ``adapter`` (maps the clip embedding; CLIP-Adapter) and ``cache`` (adds
-    logits from the normalised clip embedding; Tip-Adapter). It has the engine's model surface
-    (``forward``, ``video_features``, ``classify``, the tuned-state methods, ``spec``).
+    ``[B, C, E]``), ``adapter`` (maps the clip embedding; CLIP-Adapter), ``cache`` (adds
+    logits from the normalised clip embedding; Tip-Adapter), ``temporal`` (fuses the frame
+    embeddings; Ju et al., ActionCLIP, X-CLIP), ``visual_context`` (patch tokens for the
+    prompts; X-CLIP) and ``loss_fn`` (a training loss of its own; ActionCLIP). It has the
+    engine's model surface (``forward``, ``video_features``, ``classify``, the tuned-state
+    methods, ``spec``).
     """
 
     def __init__(
@@ -309,8 +312,9 @@ def create_clip_model(
     **options: Any,
 ) -> ClipVideoClassifier:
     """A CLIP video classifier for ``classes`` with ``method`` (zero_shot, coop, cocoop,
-    clip_adapter, tip_adapter) applied; ``options`` are the method's config fields (or
-    ``{method: {...}}``, as ``ExperimentConfig.method_options`` gives them).
+    clip_adapter, tip_adapter, efficient_prompt, actionclip, xclip) applied; ``options`` are
+    the method's config fields (or ``{method: {...}}``, as ``ExperimentConfig.method_options``
+    gives them).
 
     ``backbone`` is a preset name (the towers then come from ``pretrained`` as the options
     say, see ``build_clip``) or ready-made towers (a ``Clip``).

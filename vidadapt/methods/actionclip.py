@@ -79,6 +79,14 @@ class ActionCLIPPrompts(nn.Module):
         self.embeddings = model.encode_text(texts).view(len(names), len(self.templates), -1)
         self.stale = False
 
+    def watch_text_tower(self, text: nn.Module) -> None:
+        """Re-embed at the next evaluation whenever ``text`` loads weights (a tuned tower's
+        checkpoint); training it is caught by ``train``."""
+        text.register_load_state_dict_post_hook(self._text_loaded)
+
+    def _text_loaded(self, module: nn.Module, incompatible_keys) -> None:
+        self.stale = True
+
     def train(self, mode: bool = True) -> ActionCLIPPrompts:
         self.stale |= self.tune_text and not mode  # re-embed at the next evaluation
         return super().train(mode)
@@ -179,6 +187,8 @@ def make_fusion(kind: str, dim: int, num_frames: int, layers: int) -> nn.Module 
 def apply_actionclip(model, cfg: ActionCLIPConfig) -> Trainable:
     model = clip_model_of(model, "actionclip")
     model.prompts = ActionCLIPPrompts(cfg.templates, cfg.tune_text_encoder)
+    if cfg.tune_text_encoder:
+        model.prompts.watch_text_tower(model.text)
     model.temporal = make_fusion(cfg.fusion, model.embed_dim, model.num_frames,
                                  cfg.fusion_layers)
     if cfg.temporal_shift:

@@ -121,7 +121,14 @@ class CrossAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, C, D))
 
 
+class QuickGELU(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return ACTIVATIONS["quick_gelu"](x)
+
+
 class PromptLayer(nn.Module):
+    """Class embeddings attend to the visual context (pre-norm, residual), then a 4x MLP."""
+
     def __init__(self, dim: int, heads: int, norm_eps: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
@@ -133,11 +140,6 @@ class PromptLayer(nn.Module):
     def forward(self, text: Tensor, visual: Tensor) -> Tensor:
         text = text + self.cross_attn(self.norm1(text), visual)
         return text + self.mlp(self.norm3(text))
-
-
-class QuickGELU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return ACTIVATIONS["quick_gelu"](x)
 
 
 class VideoSpecificPrompts(nn.Module):
