@@ -69,7 +69,7 @@ class ActionCLIPPrompts(nn.Module):
         self.tune_text = tune_text
         self.stale = False  # a tuned text tower trained since the embeddings were computed
         self.names: list[str] = []
-        # All filled templates through the frozen text tower, [C, K, E]; rebuilt by set_classes.
+        # Every filled template through the text tower, [C, K, E]; rebuilt by set_classes.
         self.register_buffer("embeddings", torch.empty(0), persistent=False)
 
     @torch.no_grad()
