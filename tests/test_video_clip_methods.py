@@ -25,7 +25,7 @@ from test_clip_methods import (
 from vidadapt import ViT, ViTConfig, create_clip_model
 from vidadapt.backbones.vit import TokenLayout, quick_gelu
 from vidadapt.clip import TEMPLATES as TEMPLATES_BY_NAME
-from vidadapt.clip import ClipTokenizer
+from vidadapt.clip import ClipTokenizer, TextConfig, TextTransformer
 from vidadapt.clip.model import Clip
 from vidadapt.config import config_from_dict, load_config
 from vidadapt.engine.build import build_model
@@ -486,3 +486,17 @@ def test_tuned_state_round_trips(tokenizer, method, options):
         rebuilt(video)  # embeds the class prompts with the untrained text tower
         rebuilt.load_trainable_state_dict(state)  # which loading must invalidate
         assert_close(rebuilt(video), trained(video))
+
+
+def test_xclip_runs_on_towers_without_projections(tokenizer):
+    visual = ViT(ViTConfig(image_size=SIZE, patch_size=8, width=32, depth=1, heads=2,
+                           mlp_dim=64))
+    text = TextTransformer(TextConfig(vocab_size=tokenizer.vocab_size, context_length=CONTEXT,
+                                      width=32, depth=1, heads=2, mlp_dim=64, embed_dim=None))
+    model = create_clip_model("xclip", CLASSES, backbone=Clip(visual, text, tokenizer, 0.0),
+                              num_frames=FRAMES, mit_heads=2, prompt_heads=2).eval()
+    with torch.no_grad():
+        frames = visual.encode(videos())  # [B, T, D]: no projection
+        features = model.video_features(videos())
+        assert_close(features.unflatten(1, (-1, 32))[:, :FRAMES], frames)
+        assert model(videos()).shape == (4, len(CLASSES))

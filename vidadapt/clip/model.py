@@ -198,7 +198,9 @@ class ClipVideoClassifier(TunableModel):
             frames = self.backbone.encode(video)  # [B, T, E]
         else:
             tokens, _, layout = self.backbone.forward_tokens(video)
-            frames = self.backbone.pool(tokens, layout) @ self.backbone.proj  # [B, T, E]
+            frames = self.backbone.pool(tokens, layout)  # [B, T, D]
+            if self.backbone.proj is not None:  # as ViT.encode does
+                frames = frames @ self.backbone.proj  # [B, T, E]
             context = self.visual_context(tokens, layout)  # [B, N, E]
             return torch.cat([frames, context], dim=1).flatten(1)  # [B, (T + N) * E]
         if self.temporal is not None:
