@@ -118,7 +118,6 @@ def openai_visual(hf: dict, projection: torch.Tensor | None) -> dict[str, torch.
     }
     if projection is not None:
         out["proj"] = projection
-    depth = len({k.split(".")[2] for k in hf if k.startswith("encoder.layers.")})
     block_names = {
         "layer_norm1": "ln_1",
         "layer_norm2": "ln_2",
@@ -126,14 +125,7 @@ def openai_visual(hf: dict, projection: torch.Tensor | None) -> dict[str, torch.
         "mlp.fc1": "mlp.c_fc",
         "mlp.fc2": "mlp.c_proj",
     }
-    for i in range(depth):
-        hf_block, block = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
-        for kind in ("weight", "bias"):
-            qkv = [hf[f"{hf_block}self_attn.{p}_proj.{kind}"] for p in "qkv"]
-            out[f"{block}attn.in_proj_{kind}"] = torch.cat(qkv)
-            for hf_name, name in block_names.items():
-                out[f"{block}{name}.{kind}"] = hf[f"{hf_block}{hf_name}.{kind}"]
-    return out
+    return {**out, **fused_blocks(hf, "transformer.resblocks.{i}.", "attn.in_proj_", block_names)}
 
 
 def timm_clip_layout(hf: dict, projection: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -156,13 +148,24 @@ def timm_clip_layout(hf: dict, projection: torch.Tensor) -> dict[str, torch.Tens
         "mlp.fc1": "mlp.fc1",
         "mlp.fc2": "mlp.fc2",
     }
-    for i in range(DEPTH):
-        hf_block, block = f"encoder.layers.{i}.", f"blocks.{i}."
+    return {**out, **fused_blocks(hf, "blocks.{i}.", "attn.qkv.", block_names)}
+
+
+def fused_blocks(
+    hf: dict, block: str, qkv: str, block_names: dict[str, str]
+) -> dict[str, torch.Tensor]:
+    """HF CLIP encoder layers under ``block`` (with ``{i}``) names: q, k and v stacked into one
+    ``{qkv}weight`` / ``{qkv}bias``, the other tensors renamed by ``block_names``."""
+    depth = len({k.split(".")[2] for k in hf if k.startswith("encoder.layers.")})
+    out = {}
+    for i in range(depth):
+        hf_block, ours = f"encoder.layers.{i}.", block.format(i=i)
         for kind in ("weight", "bias"):
-            qkv = [hf[f"{hf_block}self_attn.{p}_proj.{kind}"] for p in "qkv"]
-            out[f"{block}attn.qkv.{kind}"] = torch.cat(qkv)
+            out[f"{ours}{qkv}{kind}"] = torch.cat(
+                [hf[f"{hf_block}self_attn.{p}_proj.{kind}"] for p in "qkv"]
+            )
             for hf_name, name in block_names.items():
-                out[f"{block}{name}.{kind}"] = hf[f"{hf_block}{hf_name}.{kind}"]
+                out[f"{ours}{name}.{kind}"] = hf[f"{hf_block}{hf_name}.{kind}"]
     return out
 
 
