@@ -3,8 +3,17 @@
 import json
 
 import pytest
+import torch
 
 from vidadapt.cli import main
+from vidadapt.clip.model import create_clip_model
+from vidadapt.commands.info import count_flops
+
+CLIP_METHODS = ["zero_shot", "coop", "cocoop", "clip_adapter", "tip_adapter",
+                "efficient_prompt", "actionclip", "xclip"]
+# A small CLIP: the tiny image ViT and 5 classes, named as info names them.
+TINY = ["--backbone", "vit_tiny", "--num-classes", "5", "--frames", "4", "--image-size", "32"]
+TINY_CLASSES = [f"class {i}" for i in range(5)]
 
 
 def info(capsys, *args):
@@ -45,3 +54,66 @@ def test_bad_option_is_one_line(capsys):
     assert main(["info", "--method", "aim", "--set", "method.num_tadaptr=2"]) == 2
     err = capsys.readouterr().err.strip()
     assert "did you mean 'num_tadapter'" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("method", CLIP_METHODS)
+def test_clip_method_counts_match_the_model_built_on_cpu(capsys, method):
+    report = info(capsys, "--method", method, *TINY)
+    # No CLIP file has this image tower: the model a user runs has the random text tower.
+    model = create_clip_model(method, TINY_CLASSES, "vit_tiny", num_frames=4, text="random")
+    params = list(model.parameters())
+    assert report["total_params"] == sum(p.numel() for p in params)
+    assert report["text_params"] == sum(p.numel() for p in model.text.parameters())
+    tunable = sum(p.numel() for p in params if p.requires_grad)
+    assert report["tunable_params"] == tunable
+    assert report["tunable_by_part"] == {method: tunable}
+
+
+def test_tuned_towers_and_the_tip_adapter_cache(capsys):
+    frozen = info(capsys, "--method", "xclip", *TINY)
+    tuned = info(capsys, "--method", "xclip", *TINY, "--set", "method.tune_image_encoder=true")
+    model = create_clip_model("xclip", TINY_CLASSES, "vit_tiny", num_frames=4, text="random")
+    image_tower = sum(p.numel() for p in model.backbone.parameters() if not p.requires_grad)
+    assert tuned["tunable_params"] == frozen["tunable_params"] + image_tower
+    # Tip-Adapter-F trains the cache keys: one E-dimensional key per training video.
+    tip = info(capsys, "--method", "tip_adapter", *TINY, "--shots", "3",
+               "--set", "method.finetune=true")
+    assert tip["tunable_params"] == 3 * 5 * model.embed_dim
+
+
+def test_text_flops_are_per_class_set_except_cocoops(capsys):
+    coop, cocoop, actionclip = (
+        info(capsys, "--method", m, *TINY) for m in ("coop", "cocoop", "actionclip")
+    )
+    # On the meta device, as info counts: torch's CPU attention kernel has no FLOP formula.
+    with torch.device("meta"):
+        model = create_clip_model("coop", TINY_CLASSES, "vit_tiny", num_frames=4, text="random")
+        _, prompt = count_flops(model.text, torch.zeros(1, 77, dtype=torch.long))  # one prompt
+    assert round(coop["text_gflops_per_class_set"] * 1e9) == 5 * prompt
+    assert round(actionclip["text_gflops_per_class_set"] * 1e9) == 16 * 5 * prompt  # templates
+    # CoCoOp's class embeddings depend on the clip: the text tower runs for every view.
+    assert cocoop["text_gflops_per_class_set"] == 0
+    extra = (cocoop["gflops_per_view"] - coop["gflops_per_view"]) * 1e9
+    assert extra == pytest.approx(5 * prompt, rel=0.01)  # + the small meta-network
+
+
+def test_clip_vit_b16_counts_match_clip_and_hf_xclip(capsys):
+    zero_shot = info(capsys, "--method", "zero_shot")
+    # REFERENCE.md §1's text tower: token embedding [49408, 512], positions [77, 512], 12
+    # blocks of width 512 (MLP 2048), ln_final, text_projection [512, 512].
+    block = (512 * 3 * 512 + 3 * 512) + (512 * 512 + 512) + (512 * 2048 + 2048) \
+        + (2048 * 512 + 512) + 2 * 2 * 512
+    text = 49408 * 512 + 77 * 512 + 12 * block + 2 * 512 + 512 * 512
+    assert zero_shot["text_params"] == text == 63_428_096
+    # OpenAI CLIP ViT-B/16: 149,620,737 parameters (both towers and the logit scale).
+    assert zero_shot["total_params"] == 149_620_737
+    assert zero_shot["tunable_params"] == 0
+    # One view is the image tower's 8 frames (as the linear probe's); the 400 class
+    # embeddings are computed once: 400 prompts of 77 tokens.
+    assert zero_shot["gflops_per_view"] == pytest.approx(281.0, abs=0.1)
+    assert zero_shot["text_gflops_per_class_set"] == pytest.approx(2383.8, abs=0.1)
+    # Hugging Face XCLIPModel(XCLIPConfig(vision_config={"patch_size": 16, "num_frames": 8}))
+    # holds 194,929,153 parameters: the same modules, both towers included.
+    xclip = info(capsys, "--method", "xclip")
+    assert xclip["total_params"] == 194_929_153
+    assert xclip["tunable_params"] == 194_929_153 - 149_620_737  # both towers frozen
