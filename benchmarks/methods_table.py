@@ -3,20 +3,25 @@
     python benchmarks/methods_table.py                        # every method, the recipes' budget
     python benchmarks/methods_table.py --only linear vpt_deep --epochs 1
     python benchmarks/methods_table.py --json runs/methods_table.json --write-readme
-    python benchmarks/methods_table.py --from-json runs/methods_table.json --write-readme
+    python benchmarks/methods_table.py --only xclip actionclip --counts-only --json runs/clip.json
+    python benchmarks/methods_table.py --from-json runs/methods_table.json runs/clip.json \
+        --json runs/methods_table.json --write-readme
 
 For every video-classification method with a recipe in ``configs/synthetic/`` (and the variants
 the recipes' comments name), two measurements:
 
 * parameters of the method on CLIP ViT-B/16, 8 frames at 224², 400 classes, with the method's
-  default options (the papers' settings) plus the variant's, built on the meta device as
-  ``vidadapt info`` does (no weights, seconds per method);
+  default options (the papers' settings) plus the variant's, counted on the meta device by
+  ``vidadapt info``'s ``model_report`` (no weights, seconds per method); for the video CLIP
+  methods (X-CLIP, ActionCLIP, efficient prompting) the total counts both towers, CLIP's text
+  tower included, and the GFLOPs are the image side's (class embeddings are computed once);
 * top-1 on the synthetic set after training the synthetic recipe with ``train_experiment``,
-  one run after another, at the recipe's budget (``--epochs`` shortens it for a quick check).
+  one run after another, at the recipe's budget (``--epochs`` shortens it for a quick check;
+  ``--counts-only`` skips it, and the table shows "—").
 
-``--write-readme`` replaces the table between the README's ``methods-table`` markers. The CLIP
-text methods (zero-shot, CoOp, CoCoOp, CLIP-Adapter, Tip-Adapter) need a text tower and are
-not in the table.
+``--write-readme`` replaces the table between the README's ``methods-table`` markers. Of the
+CLIP methods only the video ones have rows (not zero-shot, CoOp, CoCoOp, CLIP-Adapter or
+Tip-Adapter).
 """
 
 from __future__ import annotations
@@ -26,14 +31,11 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from vidadapt.commands.demo import RUNS as DEMO_RUNS
-from vidadapt.commands.info import measure, method_options
+from vidadapt.commands.info import method_options, model_report
 from vidadapt.config import load_config
 from vidadapt.engine.experiment import train_experiment
 from vidadapt.engine.logs import setup_logging
-from vidadapt.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "synthetic"
@@ -67,6 +69,11 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "aim_st": DEMO_RUNS["aim_st"],
     "aim_stj": DEMO_RUNS["aim_stj"],
     "st_adapter": DEMO_RUNS["st_adapter"],
+    "evl": ("evl.yaml", [], "EVL"),
+    # Video CLIP methods: class embeddings from CLIP's text tower.
+    "efficient_prompt": ("efficient_prompt.yaml", [], "efficient prompting, Ju et al."),
+    "actionclip": ("actionclip.yaml", [], "ActionCLIP"),
+    "xclip": ("xclip.yaml", [], "X-CLIP"),
 }
 
 
@@ -75,11 +82,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=list(ROWS), metavar="NAME",
                         help=f"a subset of: {', '.join(ROWS)}")
     parser.add_argument("--epochs", type=int, help="train this many epochs, not the recipe's")
+    parser.add_argument("--counts-only", action="store_true",
+                        help="no training: ViT-B/16 counts only (a row's top-1 shows '—')")
     parser.add_argument("--work-dir", default="runs/methods_table", help="one folder per run")
     parser.add_argument("--json", metavar="FILE",
-                        help="also write the raw numbers as JSON (keeping the rows it holds)")
-    parser.add_argument("--from-json", metavar="FILE",
-                        help="no training: print (and --write-readme) the table of a --json file")
+                        help="also write the rows as JSON: a training run keeps the rows the "
+                             "file holds; with --from-json, the merged rows")
+    parser.add_argument("--from-json", nargs="+", metavar="FILE",
+                        help="no training: the table of --json files, their rows merged in order "
+                             "(a later file's row replaces an earlier one's)")
     parser.add_argument("--write-readme", action="store_true",
                         help="replace the table between the README's methods-table markers")
     return parser.parse_args()
@@ -90,13 +101,9 @@ def vit_b16_counts(recipe: str, overrides: list[str]) -> dict:
     plus the variant's overrides (the synthetic recipe's widths suit a 4-block tiny ViT only)."""
     method = load_config(CONFIGS / recipe).model.method
     options = method_options(overrides, [method])
-    with torch.device("meta"):  # shapes only: no weights are allocated
-        model = create_model(method, backbone=BACKBONE, num_classes=NUM_CLASSES,
-                             num_frames=FRAMES, image_size=IMAGE_SIZE, **options).eval()
-        flops = measure(model, FRAMES, IMAGE_SIZE)
-    counts = model.parameter_counts()
-    return {"tunable_params": counts["tunable"], "total_params": counts["total"],
-            "gflops_per_view": round(flops / 1e9, 1)}
+    report = model_report(method, BACKBONE, NUM_CLASSES, FRAMES, IMAGE_SIZE, options=options)
+    return {"tunable_params": report["tunable_params"], "total_params": report["total_params"],
+            "gflops_per_view": round(report["gflops_per_view"], 1)}
 
 
 def train_synthetic(name: str, work_dir: Path, epochs: int | None) -> dict:
@@ -128,10 +135,11 @@ def markdown_table(rows: dict[str, dict]) -> str:
         options = " ".join(o.removeprefix("method.") for o in overrides)
         where = f"`{recipe}`" + (f" `{options}`" if options else "")
         share = 100 * r["tunable_params"] / r["total_params"]
+        top1 = f"{r['top1']:.1f}" if "top1" in r else "—"  # --counts-only
         lines.append(
             f"| {label} ({where}) | {millions(r['tunable_params'])} "
             f"| {millions(r['total_params'])} | {share:.2f} | {r['gflops_per_view']:.1f} "
-            f"| {r['top1']:.1f} |"
+            f"| {top1} |"
         )
     return "\n".join(lines)
 
@@ -147,22 +155,31 @@ def write_readme(table: str) -> None:
     print(f"table written to {README}")
 
 
+def save(path: Path, rows: dict[str, dict]) -> None:
+    path.write_text(json.dumps({"vit_b16": SETTINGS, "rows": rows}, indent=2))
+
+
 def main() -> None:
     args = parse_args()
+    saved = Path(args.json) if args.json else None
     if args.from_json:
-        rows = json.loads(Path(args.from_json).read_text())["rows"]
+        rows = {}
+        for path in args.from_json:
+            rows.update(json.loads(Path(path).read_text())["rows"])
+        if saved:
+            save(saved, rows)
     else:
         setup_logging()
         # Rows already in the JSON file are kept: a run cut short continues with --only.
-        saved = Path(args.json) if args.json else None
         rows = json.loads(saved.read_text())["rows"] if saved and saved.exists() else {}
         for name in args.only or ROWS:
             recipe, overrides, label = ROWS[name]
             print(f"\n== {label} ({recipe} {' '.join(overrides)})", flush=True)
-            rows[name] = {**vit_b16_counts(recipe, overrides),
-                          **train_synthetic(name, Path(args.work_dir), args.epochs)}
+            rows[name] = vit_b16_counts(recipe, overrides)
+            if not args.counts_only:
+                rows[name].update(train_synthetic(name, Path(args.work_dir), args.epochs))
             if saved:  # after every run, so that finished runs survive an interrupted one
-                saved.write_text(json.dumps({"vit_b16": SETTINGS, "rows": rows}, indent=2))
+                save(saved, rows)
     table = markdown_table(rows)
     print(table)
     if args.write_readme:
