@@ -72,7 +72,7 @@ def count_flops(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
     return out, counter.get_total_flops()
 
 
-def measure(model: torch.nn.Module, frames: int, image_size: int) -> float:
+def measure(model: torch.nn.Module, frames: int, image_size: int) -> int:
     """FLOPs of one forward over one view."""
     return count_flops(model, torch.empty(1, frames, 3, image_size, image_size))[1]
 
