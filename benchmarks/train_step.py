@@ -1,7 +1,7 @@
 """Training-step cost of every method, side by side, as ratios to full fine-tuning.
 
     python benchmarks/train_step.py --small            # ViT-B/16, 4 frames at 112², a few minutes
-    python benchmarks/train_step.py --methods full,aim_stj,aim_stj_ckpt,st_adapter --batch 1
+    python benchmarks/train_step.py --methods full,aim_stj,aim_stj_ckpt11,evl --batch 1
     python benchmarks/train_step.py --small --json     # one JSON object keyed by variant
 
 Every variant (a method with its options) lives in its own worker process, which builds the
@@ -12,10 +12,11 @@ fast moments of a shared machine fall on every variant alike; the first round is
 
 Peak memory is everything the training holds at its high-water mark — weights, gradients,
 optimizer state, activations — measured per worker, which is why each has its own process:
-on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak resident set
-(``getrusage(RUSAGE_SELF).ru_maxrss``) minus its value after the imports, before the model
-exists. The CPU figure includes allocator slack, so it is an upper bound on tensor memory,
-measured the same way for every variant.
+on CUDA ``torch.cuda.max_memory_allocated``; on CPU its counterpart, the peak of live tensor
+bytes over one more (untimed) step, from the profiler's memory timeline. On CPU the process's
+peak resident set is reported too (``getrusage(RUSAGE_SELF).ru_maxrss`` minus its value after
+the imports, before the model exists, read before the profiled step): an upper bound that adds
+the allocator's slack (glibc keeps freed blocks) and the library code the step touched.
 
 FLOPs are counted by ``torch.utils.flop_counter`` on the meta device (no weights, exact
 shapes): per view as ``vidadapt info`` reports them (forward, multiply-add = 2), and per
@@ -31,11 +32,16 @@ import json
 import multiprocessing as mp
 import resource
 import statistics
+import tempfile
 import time
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidadapt.commands.info import measure
@@ -49,7 +55,7 @@ from vidadapt.models import VideoClassifier, create_model
 class Variant:
     method: str  # registered method name
     options: dict[str, Any] = field(default_factory=dict)  # the method's config fields
-    checkpointing: bool = False  # recompute each block's activations in backward
+    checkpointing: bool | int = False  # ViTConfig.grad_checkpointing
 
 
 VARIANTS = {
@@ -58,7 +64,8 @@ VARIANTS = {
     "aim_s": Variant("aim", {"temporal": False, "joint": False}),
     "aim_st": Variant("aim", {"joint": False}),
     "aim_stj": Variant("aim"),
-    "aim_stj_ckpt": Variant("aim", checkpointing=True),
+    "aim_stj_ckpt": Variant("aim", checkpointing=True),  # every block
+    "aim_stj_ckpt11": Variant("aim", checkpointing=11),  # all but the last of ViT-B's 12
     "st_adapter": Variant("st_adapter"),
     "vpt": Variant("vpt", {"deep": True}),
     "lora": Variant("lora"),
@@ -98,10 +105,22 @@ def step_flops(variant: Variant, shape: Shape) -> tuple[float, float]:
     return per_view, counter.get_total_flops()
 
 
-def peak_memory_bytes(device: torch.device, baseline_kb: int) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
+def rss_peak_bytes(baseline_kb: int) -> int:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) * 1024  # Linux: KB
+
+
+def cpu_tensor_peak_bytes(step: Callable[[], None]) -> int:
+    """Peak bytes of live CPU tensors during ``step()``, those that existed before included."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # Deprecated for the CUDA-only memory snapshots; nothing replaces it on CPU.
+        warnings.simplefilter("ignore", FutureWarning)
+        path = Path(tmp) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())  # [times, [bytes per category] per time]
+    return max(sum(point) for point in sizes)
 
 
 def worker(conn, variant: Variant, shape: Shape, device_name: str, compile_model: bool) -> None:
@@ -120,17 +139,25 @@ def worker(conn, variant: Variant, shape: Shape, device_name: str, compile_model
     counts = model.parameter_counts()
     conn.send({"tunable": counts["tunable"], "total": counts["total"],
                "gflops_per_view": per_view / 1e9, "train_gflops_per_step": per_step / 1e9})
-    while conn.recv() == "step":
-        start = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = forward(video)
         classification_loss(logits, labels, smoothing=0.0).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    while conn.recv() == "step":
+        start = time.perf_counter()
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         conn.send(time.perf_counter() - start)
-    conn.send(peak_memory_bytes(device, baseline_kb))
+    if device.type == "cuda":
+        conn.send({"peak_mb": torch.cuda.max_memory_allocated(device) / 2**20})
+    else:
+        rss = rss_peak_bytes(baseline_kb)  # before the profiler's own bookkeeping
+        conn.send({"peak_mb": cpu_tensor_peak_bytes(step) / 2**20, "rss_mb": rss / 2**20})
 
 
 def benchmark(names: list[str], shape: Shape, rounds: int, device: str,
@@ -153,7 +180,7 @@ def benchmark(names: list[str], shape: Shape, rounds: int, device: str,
             times[name].append(pipe.recv())
     for name, pipe in pipes.items():
         pipe.send("done")
-        results[name]["peak_mb"] = pipe.recv() / 2**20
+        results[name].update(pipe.recv())
         results[name]["s_per_step"] = statistics.median(times[name][1:])
     for proc in procs:
         proc.join()
@@ -163,24 +190,40 @@ def benchmark(names: list[str], shape: Shape, rounds: int, device: str,
     if REFERENCE in results:
         ref = results[REFERENCE]
         for r in results.values():
-            for key in ("s_per_step", "peak_mb", "tunable", "gflops_per_view",
+            for key in ("s_per_step", "peak_mb", "rss_mb", "tunable", "gflops_per_view",
                         "train_gflops_per_step"):
-                r[f"{key}_x_full"] = r[key] / ref[key]
+                if key in r:
+                    r[f"{key}_x_full"] = r[key] / ref[key]
     return results
 
 
 def print_table(results: dict[str, dict[str, float]], shape: Shape, device: str) -> None:
     print(f"{shape.backbone}, {shape.frames}x{shape.image_size}², batch {shape.batch}, "
           f"{device} ({torch.get_num_threads()} threads); ratios are × full fine-tuning")
-    header = ("variant", "s/step", "×", "peak MB", "×", "tunable M", "×", "GFLOPs/view",
-              "step GFLOPs", "×")
-    print("{:<14}{:>9}{:>7}{:>10}{:>7}{:>11}{:>7}{:>13}{:>13}{:>7}".format(*header))
+    rss = all("rss_mb" in r for r in results.values())  # CPU
+    header = ("variant", "s/step", "×", "peak MB", "×", *(("RSS MB", "×") if rss else ()),
+              "tunable M", "×", "GFLOPs/view", "step GFLOPs", "×")
+    print(("{:<16}{:>9}{:>7}{:>10}{:>7}" + "{:>10}{:>7}" * rss + "{:>11}{:>7}{:>13}{:>13}{:>7}")
+          .format(*header))
     for name, r in results.items():
-        print(f"{name:<14}{r['s_per_step']:>9.3f}{r.get('s_per_step_x_full', 0):>7.2f}"
-              f"{r['peak_mb']:>10.0f}{r.get('peak_mb_x_full', 0):>7.2f}"
+        rss_columns = f"{r['rss_mb']:>10.0f}{r.get('rss_mb_x_full', 0):>7.2f}" if rss else ""
+        print(f"{name:<16}{r['s_per_step']:>9.3f}{r.get('s_per_step_x_full', 0):>7.2f}"
+              f"{r['peak_mb']:>10.0f}{r.get('peak_mb_x_full', 0):>7.2f}{rss_columns}"
               f"{r['tunable'] / 1e6:>11.2f}{r.get('tunable_x_full', 0):>7.3f}"
               f"{r['gflops_per_view']:>13.1f}{r['train_gflops_per_step']:>13.1f}"
               f"{r.get('train_gflops_per_step_x_full', 0):>7.2f}")
+    for name in results:
+        plain = unchecked_counterpart(name, list(results))
+        if VARIANTS[name].checkpointing and plain:
+            r, p = results[name], results[plain]
+            print(f"{name}: {r['s_per_step'] / p['s_per_step']:.2f}× the step time and "
+                  f"{r['peak_mb'] / p['peak_mb']:.2f}× the peak memory of {plain}")
+
+
+def unchecked_counterpart(name: str, names: list[str]) -> str | None:
+    """The variant in ``names`` that is ``name`` without activation checkpointing."""
+    unchecked = replace(VARIANTS[name], checkpointing=False)
+    return next((n for n in names if VARIANTS[n] == unchecked), None)
 
 
 def main() -> None:

@@ -107,7 +107,8 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between log records
     seed: int = 0  # seeds the init, and with the epoch the data order and augmentation
     compile: bool = False  # torch.compile the model
-    grad_checkpointing: bool = False  # recompute block activations in backward (less memory)
+    grad_checkpointing: bool | int = False  # recompute block activations in backward (less
+    # memory, more time): true = every block, N = the first N blocks (see ViTConfig)
     work_dir: str | None = None  # outputs; default runs/<recipe file name>
     feature_cache: Literal["disk", "memory", "off"] = "disk"  # frozen image encoder: clip
     # features are computed once per view and trained on; "disk" also keeps them in
@@ -167,6 +168,7 @@ RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.save_every_steps": (lambda v: v >= 0, "an integer >= 0"),
     "train.log_every": (lambda v: v >= 1, _AT_LEAST_1),
     "train.feature_views": (lambda v: v >= 1, _AT_LEAST_1),
+    "train.grad_checkpointing": (lambda v: v >= 0, "true, false or a number of blocks >= 0"),
 }
 
 
@@ -326,8 +328,13 @@ def _convert(value: Any, tp: Any, key: str, where: _Where) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, key, where)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # alternative scalar types (bool | int): the value is one of them
+            if type(value) not in inner:
+                names = " or ".join(a.__name__ for a in inner)
+                raise ConfigError(f"{where(key)}: {key}: expected {names}, got {value!r}")
+            return value
+        return _convert(value, inner[0], key, where)
     if tp is Any:
         return value
     if origin is Literal:

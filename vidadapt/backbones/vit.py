@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import ConfigError
+
 
 @dataclass
 class ViTConfig:
@@ -60,7 +62,9 @@ class ViTConfig:
     num_registers: int = 0  # DINOv2 register tokens, placed after the class token
     embed_dim: int | None = None  # output size of the CLIP projection; None = no projection
     drop_path: float = 0.0  # stochastic depth, linear over depth (used when the backbone trains)
-    grad_checkpointing: bool = False  # recompute block activations in backward to save memory
+    grad_checkpointing: bool | int = False  # blocks whose activations backward recomputes
+    # instead of keeping: True = all, N = the first N (the last blocks' activations are used
+    # first in backward, so keeping them adds little to the peak and saves their recomputation)
 
     @property
     def grid(self) -> int:
@@ -189,9 +193,12 @@ class Block(nn.Module):
         for site in self.pre_mlp:
             x = site(x, self, layout)
         h = self.norm2(x)
+        # The parallel branches run before the MLP: a frozen fc2 saves nothing for backward, so
+        # a checkpointed block's recomputation can then stop after the MLP's activation.
+        parallel = [site(h, self, layout) for site in self.parallel_mlp]
         m = self.mlp(h)
-        for site in self.parallel_mlp:
-            m = m + site(h, self, layout)
+        for p in parallel:
+            m = m + p
         for site in self.post_mlp:
             m = site(m, self, layout)
         return x + self.drop_path(self.ls2(m))
@@ -271,6 +278,16 @@ class ViT(nn.Module):
             if EXTENSION_SITES.isdisjoint(name.split(".")):
                 yield name, module
 
+    def num_checkpointed_blocks(self) -> int:
+        """How many leading blocks recompute their activations in backward."""
+        value, depth = self.cfg.grad_checkpointing, len(self.blocks)
+        if isinstance(value, bool):
+            return depth if value else 0
+        if not isinstance(value, int) or not 0 <= value <= depth:
+            raise ConfigError(f"grad_checkpointing is {value!r}; use true, false or a number of "
+                              f"blocks from 0 to {depth}")
+        return value
+
     def embed(self, frames: Tensor, layout: TokenLayout) -> Tensor:
         """Patch tokens + class/register tokens + position embedding → ``[B*T, N, D]``."""
         x = self.patch_embed(frames)  # [B*T, h*w, D]
@@ -301,9 +318,10 @@ class ViT(nn.Module):
             tokens = site(tokens, self, layout)
         tokens = self.norm_pre(tokens)
         wanted = {i % len(self.blocks) for i in layers}
+        recomputed = self.num_checkpointed_blocks() if torch.is_grad_enabled() else 0
         collected = []
         for i, block in enumerate(self.blocks):
-            if self.cfg.grad_checkpointing and torch.is_grad_enabled():
+            if i < recomputed:
                 tokens = checkpoint(block, tokens, layout, use_reentrant=False)
             else:
                 tokens = block(tokens, layout)
