@@ -70,7 +70,14 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "aim_stj": DEMO_RUNS["aim_stj"],
     "st_adapter": DEMO_RUNS["st_adapter"],
     "evl": ("evl.yaml", [], "EVL"),
-    # Video CLIP methods: class embeddings from CLIP's text tower.
+    # CLIP methods: class embeddings from the text tower (the synthetic CLIP, _clip_.yaml).
+    # Frames averaged, then compared with text:
+    "zero_shot": ("zero_shot.yaml", [], "zero-shot CLIP"),
+    "coop": ("coop.yaml", [], "CoOp"),
+    "cocoop": ("cocoop.yaml", [], "CoCoOp"),
+    "clip_adapter": ("clip_adapter.yaml", [], "CLIP-Adapter"),
+    "tip_adapter": ("tip_adapter.yaml", [], "Tip-Adapter-F, 16 shots"),
+    # with time modelled after or inside the image tower:
     "efficient_prompt": ("efficient_prompt.yaml", [], "efficient prompting, Ju et al."),
     "actionclip": ("actionclip.yaml", [], "ActionCLIP"),
     "xclip": ("xclip.yaml", [], "X-CLIP"),

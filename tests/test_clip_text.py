@@ -23,6 +23,7 @@ from vidadapt.checkpoints import read_checkpoint
 from vidadapt.clip import ClipTokenizer, TextConfig, TextTransformer, learn_bpe
 from vidadapt.clip.model import load_text_encoder
 from vidadapt.clip.prompts import TEMPLATES
+from vidadapt.clip.save import save_clip
 from vidadapt.clip.tokenizer import CONTEXT_LENGTH, OPENAI_VOCAB_FILE
 from vidadapt.data.synthetic import CLASSES
 from vidadapt.errors import CheckpointError
@@ -225,6 +226,25 @@ def test_load_clip_matches_hf_clip_model(source, tokenizer, reference, tmp_path)
     assert clip.logit_scale == pytest.approx(math.log(50.0))
     assert clip.tokenizer.encoder == tokenizer.encoder
     assert clip.visual.proj.shape == clip.text.proj.shape == (WIDTH, EMBED)
+
+
+def test_save_clip_writes_the_hf_clip_model_it_loaded(tokenizer, reference, tmp_path):
+    write_hf_folder(reference, tmp_path / "source")
+    tokenizer.save(tmp_path / "source")
+    save_clip(load_clip(tmp_path / "source"), tmp_path / "saved")
+
+    saved = transformers.CLIPModel.from_pretrained(tmp_path / "saved").eval()
+    expected = reference.state_dict()
+    assert saved.state_dict().keys() == expected.keys()
+    for key, value in saved.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    assert saved.config.text_config.eos_token_id == tokenizer.eot_token_id
+    assert ClipTokenizer.from_path(tmp_path / "saved").encoder == tokenizer.encoder
+    hf_tokenizer = transformers.CLIPTokenizer.from_pretrained(tmp_path / "saved")
+    assert hf_tokenizer(PROMPTS[:4]).input_ids == [
+        [tokenizer.sot_token_id, *tokenizer.encode(p), tokenizer.eot_token_id]
+        for p in PROMPTS[:4]
+    ]
 
 
 def test_load_clip_errors(tokenizer, reference, tmp_path):

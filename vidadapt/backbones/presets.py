@@ -23,6 +23,12 @@ PRESETS: dict[str, ViTConfig] = {
     "vit_tiny": ViTConfig(
         image_size=32, patch_size=8, width=128, depth=4, heads=4, mlp_dim=512, **_CLIP
     ),
+    # Its image tower inside the synthetic CLIP (vidadapt/demo/pretrain_clip.py): the same ViT
+    # with a projection to the 128-d image-text space.
+    "vit_tiny_clip": ViTConfig(
+        image_size=32, patch_size=8, width=128, depth=4, heads=4, mlp_dim=512, embed_dim=128,
+        **_CLIP,
+    ),
 }
 
 

@@ -57,7 +57,8 @@ class Checkpoint:
     config: dict | None  # config.json of a Hugging Face directory
 
 
-# Weights shipped inside the package: "builtin:NAME" is vidadapt/assets/NAME.safetensors.
+# Weights shipped inside the package: "builtin:NAME" is vidadapt/assets/NAME.safetensors (an
+# image tower) or the Hugging Face folder vidadapt/assets/NAME/ (a CLIP with its tokenizer).
 BUILTIN_PREFIX = "builtin:"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -68,11 +69,11 @@ def resolve_source(source: str | Path) -> Path:
     if not text.startswith(BUILTIN_PREFIX):
         return Path(source)
     name = text[len(BUILTIN_PREFIX) :]
-    path = ASSETS / f"{name}.safetensors"
-    if not path.is_file():
-        shipped = sorted(p.stem for p in ASSETS.glob("*.safetensors"))
-        raise CheckpointError(f"{text}: no built-in weights named {name!r}; shipped: {shipped}")
-    return path
+    for path in (ASSETS / f"{name}.safetensors", ASSETS / name):
+        if path.exists():
+            return path
+    shipped = sorted(p.stem for p in ASSETS.iterdir() if not p.name.startswith(("_", ".")))
+    raise CheckpointError(f"{text}: no built-in weights named {name!r}; shipped: {shipped}")
 
 
 def read_checkpoint(source: str | Path) -> Checkpoint:

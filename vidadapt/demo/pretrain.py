@@ -24,7 +24,13 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..backbones import ViT, preset_config
-from ..data.synthetic import CLASSES, object_coverage, sample_background, sample_track
+from ..data.synthetic import (
+    CLASSES,
+    ObjectTrack,
+    object_coverage,
+    sample_background,
+    sample_track,
+)
 from ..data.transforms import NORMALIZATION
 
 SHAPES = ("square", "triangle", "bar", "circle", "ring", "cross")
@@ -33,25 +39,33 @@ FRAME_FIELDS = ("centre", "angle", "radius", "opacity")  # per-frame fields of a
 NUM_TARGETS = 3 + 2 + 1 + 2 + 1  # colour, centre, radius, orientation (cos, sin), opacity
 
 
-def render_still(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int, np.ndarray]:
-    """One random frame of a random synthetic clip: image ``[H, W, 3]`` uint8, shape id, and
-    regression targets (each scaled to about [-1, 1])."""
+def sample_still(rng: np.random.Generator, size: int) -> tuple[np.ndarray, ObjectTrack]:
+    """One random frame of a random synthetic clip: image ``[H, W, 3]`` uint8 and the object as
+    that frame shows it (a one-frame track)."""
     frames = 8
     background = sample_background(rng, size)
     track = sample_track(int(rng.integers(len(CLASSES))), rng, frames, size)
     t = int(rng.integers(frames))
     still = replace(track, **{f: getattr(track, f)[t : t + 1] for f in FRAME_FIELDS})
-    alpha = object_coverage(still, size)[0, ..., None] * track.opacity[t]  # [H, W, 1]
+    alpha = object_coverage(still, size)[0, ..., None] * still.opacity[0]  # [H, W, 1]
     image = background * (1 - alpha) + track.colour * alpha
-    k = SYMMETRY[track.shape]  # orientation is only defined up to the shape's symmetry
+    return (image * 255 + 0.5).astype(np.uint8), still
+
+
+def render_still(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """A random still (``sample_still``), its shape id, and regression targets (each scaled to
+    about [-1, 1])."""
+    image, still = sample_still(rng, size)
+    k = SYMMETRY[still.shape]  # orientation is only defined up to the shape's symmetry
+    angle = still.angle[0]
     targets = np.concatenate([
-        track.colour * 2 - 1,
-        track.centre[t] / size * 2 - 1,
-        [track.radius[t] / size * 8 - 1],
-        [math.cos(k * track.angle[t]), math.sin(k * track.angle[t])] if k > 1 else [0.0, 0.0],
-        [track.opacity[t] * 2 - 1],
+        still.colour * 2 - 1,
+        still.centre[0] / size * 2 - 1,
+        [still.radius[0] / size * 8 - 1],
+        [math.cos(k * angle), math.sin(k * angle)] if k > 1 else [0.0, 0.0],
+        [still.opacity[0] * 2 - 1],
     ])
-    return (image * 255 + 0.5).astype(np.uint8), SHAPES.index(track.shape), targets
+    return image, SHAPES.index(still.shape), targets
 
 
 def make_batch(rng: np.random.Generator, n: int, size: int) -> tuple[Tensor, Tensor, Tensor]:
