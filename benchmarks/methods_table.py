@@ -12,16 +12,16 @@ the recipes' comments name), two measurements:
 
 * parameters of the method on CLIP ViT-B/16, 8 frames at 224², 400 classes, with the method's
   default options (the papers' settings) plus the variant's, counted on the meta device by
-  ``vidadapt info``'s ``model_report`` (no weights, seconds per method); for the video CLIP
-  methods (X-CLIP, ActionCLIP, efficient prompting) the total counts both towers, CLIP's text
-  tower included, and the GFLOPs are the image side's (class embeddings are computed once);
-* top-1 on the synthetic set after training the synthetic recipe with ``train_experiment``,
-  one run after another, at the recipe's budget (``--epochs`` shortens it for a quick check;
-  ``--counts-only`` skips it, and the table shows "—").
+  ``vidadapt info``'s ``model_report`` (no weights, seconds per method); for the CLIP methods
+  the total counts both towers, CLIP's text tower included, and the GFLOPs are the image
+  side's (class embeddings are computed once);
+* top-1 on the synthetic set after training the synthetic recipe with ``train_experiment``
+  (methods that train nothing, zero-shot, are scored as ``vidadapt eval`` does), one run after
+  another, at the recipe's budget (``--epochs`` shortens it for a quick check; ``--counts-only``
+  skips it, and the table shows "—"). The CLIP recipes use the synthetic CLIP
+  (``configs/synthetic/_clip_.yaml``).
 
-``--write-readme`` replaces the table between the README's ``methods-table`` markers. Of the
-CLIP methods only the video ones have rows (not zero-shot, CoOp, CoCoOp, CLIP-Adapter or
-Tip-Adapter).
+``--write-readme`` replaces the table between the README's ``methods-table`` markers.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ import time
 from pathlib import Path
 
 from vidadapt.commands.demo import RUNS as DEMO_RUNS
+from vidadapt.commands.eval import evaluate_config
 from vidadapt.commands.info import method_options, model_report
 from vidadapt.config import load_config
+from vidadapt.engine.distributed import DistInfo
 from vidadapt.engine.experiment import train_experiment
 from vidadapt.engine.logs import setup_logging
 
@@ -76,7 +78,7 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "coop": ("coop.yaml", [], "CoOp"),
     "cocoop": ("cocoop.yaml", [], "CoCoOp"),
     "clip_adapter": ("clip_adapter.yaml", [], "CLIP-Adapter"),
-    "tip_adapter": ("tip_adapter.yaml", [], "Tip-Adapter-F, 16 shots"),
+    "tip_adapter": ("tip_adapter.yaml", ["method.finetune=true"], "Tip-Adapter-F, 16 shots"),
     # with time modelled after or inside the image tower:
     "efficient_prompt": ("efficient_prompt.yaml", [], "efficient prompting, Ju et al."),
     "actionclip": ("actionclip.yaml", [], "ActionCLIP"),
@@ -113,13 +115,18 @@ def vit_b16_counts(recipe: str, overrides: list[str]) -> dict:
             "gflops_per_view": round(report["gflops_per_view"], 1)}
 
 
-def train_synthetic(name: str, work_dir: Path, epochs: int | None) -> dict:
-    """Train the row's synthetic recipe; its top-1 (%), tunable parameters and seconds."""
+def train_synthetic(name: str, work_dir: Path, epochs: int | None, trains: bool) -> dict:
+    """Train the row's synthetic recipe (or, when the method ``trains`` nothing, score it as
+    ``vidadapt eval CONFIG`` does); its top-1 (%), tunable parameters and seconds."""
     recipe, overrides, _ = ROWS[name]
     extra = [f"optim.epochs={epochs}"] if epochs is not None else []
     cfg = load_config(CONFIGS / recipe, [*overrides, *extra])
     cfg.train.work_dir = str(work_dir / name)
     start = time.perf_counter()
+    if not trains:
+        top1 = evaluate_config(cfg, "val", DistInfo())["top1"]
+        return {"top1": top1, "epochs": 0, "synthetic_tunable_params": 0,
+                "seconds": round(time.perf_counter() - start, 1)}
     summary = train_experiment(cfg)
     return {"top1": summary["val"]["top1"], "epochs": cfg.optim.epochs,
             "synthetic_tunable_params": summary["params"]["tunable"],
@@ -184,7 +191,8 @@ def main() -> None:
             print(f"\n== {label} ({recipe} {' '.join(overrides)})", flush=True)
             rows[name] = vit_b16_counts(recipe, overrides)
             if not args.counts_only:
-                rows[name].update(train_synthetic(name, Path(args.work_dir), args.epochs))
+                trains = rows[name]["tunable_params"] > 0
+                rows[name].update(train_synthetic(name, Path(args.work_dir), args.epochs, trains))
             if saved:  # after every run, so that finished runs survive an interrupted one
                 save(saved, rows)
     table = markdown_table(rows)

@@ -151,6 +151,16 @@ def test_coop_trains_only_the_context(tokenizer):
                                         "total": sum(p.numel() for p in model.parameters())}
 
 
+def test_prompts_longer_than_the_text_context_are_refused(tokenizer):
+    longest = max(len(tokenizer.encode(f"{c.replace('_', ' ')}.")) for c in CLASSES)
+    fits = CONTEXT - 2 - longest  # learned vectors that still fit beside SOT and EOT
+    assert clip_model(tokenizer, "coop", n_ctx=fits).prompts.ctx.shape == (fits, 32)
+    with pytest.raises(ConfigError, match=f"{fits + 1} learned vectors .* 16 tokens"):
+        clip_model(tokenizer, "coop", n_ctx=fits + 1)
+    with pytest.raises(ConfigError, match="does not fit the text tower's 16 tokens"):
+        clip_model(tokenizer, "efficient_prompt", prefix_len=fits, suffix_len=1)
+
+
 def test_coop_class_specific_context(tokenizer):
     model = clip_model(tokenizer, "coop", n_ctx=2, class_specific=True)
     assert model.prompts.ctx.shape == (len(CLASSES), 2, 32)

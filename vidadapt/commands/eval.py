@@ -76,20 +76,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(dist.is_main)
     try:
         cfg, checkpoint = config_and_checkpoint(args)
-        cfg.data = resolve_data(cfg.data, dist)
-        views = (cfg.data.test_clips, cfg.data.transform.test_crops)
-        classes = checkpoint.classes if checkpoint else None
-        dataset = build_dataset(cfg, args.split, train=False, classes=classes, views=views)
-        model = build_model(cfg, len(dataset.classes), dataset.classes)
-        amp_dtype = autocast_dtype(cfg.train.amp, dist.device)
-        if checkpoint:
-            load_adapter(model, checkpoint, args.checkpoint)
-            model.to(dist.device)
-        else:
-            prepare_untrained(cfg, model.to(dist.device), dataset.classes, amp_dtype, dist)
-        metrics = evaluate(cfg, model, dataset, amp_dtype, dist)
+        metrics = evaluate_config(cfg, args.split, dist, checkpoint, args.checkpoint)
         if dist.is_main:
-            metrics["views"] = {"clips": views[0], "crops": views[1]}
             default_out = Path(args.checkpoint).parent if checkpoint else Path(cfg.train.work_dir)
             out = Path(args.out) if args.out else default_out
             files = write_metrics(metrics, out, f"eval_{args.split}")
@@ -98,6 +86,28 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown_distributed()
     return 0
+
+
+def evaluate_config(
+    cfg: ExperimentConfig, split: str, dist: DistInfo,
+    checkpoint: AdapterCheckpoint | None = None, checkpoint_path: str | None = None,
+) -> dict[str, Any]:
+    """Multi-view metrics of ``cfg``'s model on ``split``, with the adapter ``checkpoint`` or,
+    for methods that learn nothing by gradients, without one (``prepare_untrained``)."""
+    cfg.data = resolve_data(cfg.data, dist)
+    views = (cfg.data.test_clips, cfg.data.transform.test_crops)
+    classes = checkpoint.classes if checkpoint else None
+    dataset = build_dataset(cfg, split, train=False, classes=classes, views=views)
+    model = build_model(cfg, len(dataset.classes), dataset.classes)
+    amp_dtype = autocast_dtype(cfg.train.amp, dist.device)
+    if checkpoint:
+        load_adapter(model, checkpoint, checkpoint_path)
+        model.to(dist.device)
+    else:
+        prepare_untrained(cfg, model.to(dist.device), dataset.classes, amp_dtype, dist)
+    metrics = evaluate(cfg, model, dataset, amp_dtype, dist)
+    metrics["views"] = {"clips": views[0], "crops": views[1]}
+    return metrics
 
 
 def evaluate(

@@ -84,7 +84,14 @@ class CoOpPrompts(nn.Module):
                 f"classify {len(names)} others; use a shared context (class_specific: false)"
             )
         prompts = [f"{self.context_text} {name}." for name in names]
-        tokens = model.tokenizer(prompts, model.text.cfg.context_length).to(self.ctx.device)
+        context_length = model.text.cfg.context_length
+        longest = max(prompts, key=lambda p: len(model.tokenizer.encode(p)))
+        if len(model.tokenizer.encode(longest)) + 2 > context_length:  # + start and end tokens
+            raise ConfigError(
+                f"the prompt {longest!r} ({self.n_ctx} learned vectors and the class name) does "
+                f"not fit the text tower's {context_length} tokens; learn fewer vectors"
+            )
+        tokens = model.tokenizer(prompts, context_length).to(self.ctx.device)
         embedded = model.text.token_embed(tokens)  # [C, L, D]
         self.token_prefix = embedded[:, :1]  # [C, 1, D]
         self.token_suffix = embedded[:, 1 + self.n_ctx :]  # [C, L-1-n_ctx, D]
