@@ -65,7 +65,8 @@ VARIANTS = {
     "aim_st": Variant("aim", {"joint": False}),
     "aim_stj": Variant("aim"),
     "aim_stj_ckpt": Variant("aim", checkpointing=True),  # every block
-    "aim_stj_ckpt11": Variant("aim", checkpointing=11),  # all but the last of ViT-B's 12
+    "aim_stj_ckpt11": Variant("aim", checkpointing=11),  # the first 11 of ViT-B's 12 blocks
+    "aim_stj_ckpt10": Variant("aim", checkpointing=10),
     "st_adapter": Variant("st_adapter"),
     "vpt": Variant("vpt", {"deep": True}),
     "lora": Variant("lora"),
@@ -201,7 +202,7 @@ def print_table(results: dict[str, dict[str, float]], shape: Shape, device: str)
     print(f"{shape.backbone}, {shape.frames}x{shape.image_size}², batch {shape.batch}, "
           f"{device} ({torch.get_num_threads()} threads); ratios are × full fine-tuning")
     rss = all("rss_mb" in r for r in results.values())  # CPU
-    header = ("variant", "s/step", "×", "peak MB", "×", *(("RSS MB", "×") if rss else ()),
+    header = ("variant", "s/step", "×", "peak MiB", "×", *(("RSS MiB", "×") if rss else ()),
               "tunable M", "×", "GFLOPs/view", "step GFLOPs", "×")
     print(("{:<16}{:>9}{:>7}{:>10}{:>7}" + "{:>10}{:>7}" * rss + "{:>11}{:>7}{:>13}{:>13}{:>7}")
           .format(*header))
