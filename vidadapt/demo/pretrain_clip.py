@@ -36,7 +36,7 @@ from ..clip.model import DEFAULT_LOGIT_SCALE, Clip
 from ..clip.prompts import resolve_templates
 from ..clip.save import save_clip
 from ..clip.text import TextTransformer, text_preset
-from ..clip.tokenizer import ClipTokenizer
+from ..clip.tokenizer import CONTEXT_LENGTH, ClipTokenizer  # CLIP's 77 tokens
 from ..data.synthetic import CLASSES, ObjectTrack
 from ..data.transforms import NORMALIZATION
 from .pretrain import SHAPES, sample_still
@@ -48,7 +48,6 @@ HUES = [(1 / 24, "red"), (3 / 24, "orange"), (5 / 24, "yellow"), (10 / 24, "gree
 CAPTION_TEMPLATES = ["a photo of {}.", "a picture of {}.", "an image of {}.", "a video of {}.",
                      "a frame of {}.", "{}"]
 KEEP = 0.6  # chance that a caption names each attribute besides the shape
-CONTEXT_LENGTH = 32  # tokens; the longest caption or prompt (CoOp's included) is ~20
 TEXT_WIDTH, TEXT_DEPTH = 128, 3  # text tower; the joint space is vit_tiny_clip's embed_dim
 
 
