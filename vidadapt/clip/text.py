@@ -107,7 +107,11 @@ class TextTransformer(nn.Module):
         """Features of sequences given as input embeddings ``[N, L, D]`` (prompt learning puts
         learned vectors among the token embeddings), read at positions ``eot`` ``[N]``."""
         N, L, _ = x.shape
-        x = x + self.pos_embed[:L]
+        if not eot.is_meta:  # (the meta device has shapes, no values: all L positions run)
+            # Attention is causal and features are read at the end tokens: the positions after
+            # the last end token cannot change them, so they are not computed (prompts are short).
+            L = int(eot.max()) + 1
+        x = x[:, :L] + self.pos_embed[:L]  # [N, L, D]
         layout = TokenLayout(batch=N, frames=1, grid=(0, 0), num_prefix=L)  # no patch grid
         for block in self.blocks:
             x = block(x, layout)

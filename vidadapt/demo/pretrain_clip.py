@@ -131,9 +131,6 @@ def train_text_tower(
     for step in range(1, steps + 1):
         index = rng.choice(len(stills), size=batch, replace=False)
         tokens = tokenizer([describe(stills[i], size, rng) for i in index], CONTEXT_LENGTH)
-        # Attention is causal and the feature is read at the end token: padding after the
-        # longest caption's end cannot change any feature, so it is not computed.
-        tokens = tokens[:, : int(tokens.argmax(-1).max()) + 1]  # [batch, L']
         loss = contrastive_loss(features[index] @ image_proj, text(tokens), logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
