@@ -32,8 +32,10 @@ import json
 import multiprocessing as mp
 import resource
 import statistics
+import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -45,6 +47,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidadapt.commands.info import measure
+from vidadapt.engine.compiled import CompileMode, GraphedForward, training_forward
 from vidadapt.engine.optim import build_optimizer
 from vidadapt.engine.trainer import autocast_dtype, classification_loss
 from vidadapt.methods import METHODS
@@ -130,15 +133,24 @@ def cpu_tensor_peak_bytes(step: Callable[[], None]) -> int:
     return max(sum(point) for point in sizes)
 
 
-def worker(conn, variant: Variant, shape: Shape, device_name: str, compile_model: bool) -> None:
-    """Build once, then one timed training step per "step" message; "done" → report, exit."""
+def worker(conn, variant: Variant, shape: Shape, device_name: str, mode: CompileMode) -> None:
+    """Build once, then one timed training step per "step" message; "done" → report, exit.
+    The step is the trainer's: ``train.compile`` ``mode``, its autocast and gradient reset.
+    A failure is sent back as ``{"error": traceback}`` and ends the worker."""
+    try:
+        run_worker(conn, variant, shape, device_name, mode)
+    except Exception:
+        conn.send({"error": traceback.format_exc()})
+
+
+def run_worker(conn, variant: Variant, shape: Shape, device_name: str, mode: CompileMode) -> None:
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     device = torch.device(device_name)
     torch.manual_seed(0)
     model = build(variant, shape).to(device).train()
     optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05)  # fused on CUDA
     amp = autocast_dtype("bf16", device)  # bf16 on CUDA, fp32 on CPU
-    forward = torch.compile(model) if compile_model else model
+    forward = training_forward(model, mode, amp, distributed=False)
     video = torch.randn(shape.batch, shape.frames, 3, shape.image_size, shape.image_size,
                         device=device)
     labels = torch.randint(shape.num_classes, (shape.batch,), device=device)
@@ -148,11 +160,11 @@ def worker(conn, variant: Variant, shape: Shape, device_name: str, compile_model
                "gflops_per_view": per_view / 1e9, "train_gflops_per_step": per_step / 1e9})
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with forward.autocast():
             logits = forward(video)
         classification_loss(logits, labels, smoothing=0.0).backward()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        forward.zero_grad(optimizer)
 
     while conn.recv() == "step":
         start = time.perf_counter()
@@ -161,45 +173,59 @@ def worker(conn, variant: Variant, shape: Shape, device_name: str, compile_model
             torch.cuda.synchronize(device)
         conn.send(time.perf_counter() - start)
     if device.type == "cuda":
-        conn.send({"peak_mb": torch.cuda.max_memory_allocated(device) / 2**20})
+        report = {"peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+        if isinstance(forward, GraphedForward):
+            report["capture_s"] = forward.capture_seconds
+        conn.send(report)
     else:
         rss = rss_peak_bytes(baseline_kb)  # before the profiler's own bookkeeping
         conn.send({"peak_mb": cpu_tensor_peak_bytes(step) / 2**20, "rss_mb": rss / 2**20})
 
 
 def benchmark(names: list[str], shape: Shape, rounds: int, device: str,
-              compile_model: bool) -> dict[str, dict[str, float]]:
-    """Per variant: median s/step, peak memory, parameters, FLOPs, and ratios to full."""
+              mode: CompileMode = "off") -> dict[str, dict[str, float]]:
+    """Per variant: median s/step, peak memory, parameters, FLOPs, and ratios to full.
+    A variant that fails reports ``{"error": traceback}`` and leaves the others running."""
     ctx = mp.get_context("spawn")  # a fresh interpreter each: nothing shared, honest peaks
     pipes, procs = {}, []
     for name in names:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=worker, args=(child, VARIANTS[name], shape, device,
-                                                compile_model))
+        proc = ctx.Process(target=worker, args=(child, VARIANTS[name], shape, device, mode))
         proc.start()
         pipes[name] = parent
         procs.append(proc)
     results = {name: pipe.recv() for name, pipe in pipes.items()}
+    live = {name: pipe for name, pipe in pipes.items() if "error" not in results[name]}
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(rounds + 1):  # round 0 is the warm-up
-        for name, pipe in pipes.items():
+        for name, pipe in list(live.items()):
             pipe.send("step")
-            times[name].append(pipe.recv())
-    for name, pipe in pipes.items():
+            reply = pipe.recv()
+            if isinstance(reply, dict):  # the step failed
+                results[name].update(reply)
+                del live[name]
+            else:
+                times[name].append(reply)
+    for name, pipe in live.items():
         pipe.send("done")
         results[name].update(pipe.recv())
         results[name]["s_per_step"] = statistics.median(times[name][1:])
+        results[name]["first_step_s"] = times[name][0]  # with any capture or compilation
     for proc in procs:
         proc.join()
-    for r in results.values():
+    for name in list(results):
+        if "error" in results[name]:
+            print(f"{name} failed:\n{results[name]['error']}", file=sys.stderr)
+    done = {name: r for name, r in results.items() if "error" not in r}
+    for r in done.values():
         r["clips_per_s"] = shape.batch / r["s_per_step"]
         r["achieved_tflops"] = r["train_gflops_per_step"] / r["s_per_step"] / 1e3
-    if REFERENCE in results:
-        ref = results[REFERENCE]
-        for r in results.values():
+    if REFERENCE in done:
+        ref = done[REFERENCE]
+        for r in done.values():
             for key in ("s_per_step", "peak_mb", "rss_mb", "tunable", "gflops_per_view",
                         "train_gflops_per_step"):
-                if key in r:
+                if key in r and ref[key]:
                     r[f"{key}_x_full"] = r[key] / ref[key]
     return results
 
@@ -250,7 +276,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="override clips per step")
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per variant")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--compile", default="off", choices=["off", "graphs", "inductor"],
+                        help="train.compile mode of every variant (graphs: CUDA only)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -262,6 +289,7 @@ def main() -> None:
     shape = Shape(args.backbone, args.frames or (4 if small else 8),
                   args.image_size or (112 if small else 224), args.batch or (2 if small else 1))
     results = benchmark(names, shape, args.rounds, args.device, args.compile)
+    results = {name: r for name, r in results.items() if "error" not in r}
     if args.json:
         print(json.dumps(results))
     else:

@@ -99,7 +99,8 @@ def test_errors_name_the_file_that_set_the_key(tmp_path):
     ({"train": {"amp": "fp32"}}, "x.yaml: train.amp: 'fp32' is not one of 'bf16', 'fp16', 'off'"),
     ({"optim": {"betas": [0.9]}}, "x.yaml: optim.betas: expected a list of 2 values, got [0.9]"),
     ({"data": {"batch_size": 2.5}}, "x.yaml: data.batch_size: expected int, got 2.5"),
-    ({"train": {"compile": "yes"}}, "x.yaml: train.compile: expected bool, got 'yes'"),
+    ({"train": {"compile": True}}, "x.yaml: train.compile: True is not one of 'off', 'graphs', "
+                                   "'inductor'"),
     ({"model": {"dropout": 1.0}}, "x.yaml: model.dropout: 1.0 is not allowed; use a "
                                   "probability in [0, 1)"),
     ({"data": {"roots": {"tain": "x"}}}, "x.yaml: data.roots.tain: 'tain' is not one of "

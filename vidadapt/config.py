@@ -106,7 +106,9 @@ class TrainConfig:
     save_every_steps: int = 0  # also save the resume state every N steps; 0 = per epoch only
     log_every: int = 10  # optimizer steps between log records
     seed: int = 0  # seeds the init, and with the epoch the data order and augmentation
-    compile: bool = False  # torch.compile the model
+    compile: Literal["off", "graphs", "inductor"] = "off"  # how the training forward and backward
+    # run on CUDA: off = eager; graphs = replayed as CUDA graphs (one GPU; removes the kernel
+    # launch cost that bounds small batches); inductor = torch.compile (see engine/compiled.py)
     grad_checkpointing: bool | int = False  # recompute block activations in backward (less
     # memory, more time): true = every block, N = the first N blocks (see ViTConfig)
     work_dir: str | None = None  # outputs; default runs/<recipe file name>

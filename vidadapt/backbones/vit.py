@@ -150,6 +150,30 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # [B, H, N, d]
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
+    def forward_frames(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        """Attention across frames: token ``n`` of frame ``t`` attends to token ``n`` of every
+        frame of its clip (AIM's temporal attention, with this block's weights).
+
+        Tokens stay ``[B*T, N, D]``. The sequences are short (T = 8 to 32), so the scores are
+        two small batched matmuls; fused attention kernels tile 64 to 128 queries per
+        sequence and waste most of their work on T = 8 (a GPU profile found them, with the
+        transposes into ``[B*N, T, D]`` and back, at 41% of an AIM training step).
+        """
+        BT, N, D = x.shape
+        B, T, H = layout.batch, layout.frames, self.heads
+        qkv = self.qkv(x).view(B, T, N, 3, H, D // H)  # [B, T, N, 3, H, d]
+        q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).unbind(0)  # 3 x [B, N, H, T, d] (views)
+        if self.kv_sites:  # sites take [batch, H, L, d]: here one sequence per (clip, token)
+            q, k, v = (t.reshape(B * N, H, T, D // H) for t in (q, k, v))
+            for site in self.kv_sites:
+                k, v = site(k, v, layout)  # [B*N, H, T', d]
+            out = F.scaled_dot_product_attention(q, k, v).reshape(B, N, H, T, D // H)
+        else:
+            scores = (q @ k.transpose(-2, -1)) * (D // H) ** -0.5  # [B, N, H, T, T]
+            out = scores.softmax(dim=-1) @ v  # [B, N, H, T, d]
+        out = out.permute(0, 3, 1, 2, 4).reshape(BT, N, D)  # [B*T, N, D]
+        return self.proj(out)
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str) -> None:

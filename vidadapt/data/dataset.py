@@ -114,10 +114,11 @@ class VideoDataset(Dataset):
     list of crops at test); ``index`` is the requested index; ``skipped`` lists the
     ``(path, reason)`` of the bad files passed over to make this sample.
 
-    Sampling is deterministic given (seed, epoch, index): call ``set_epoch`` before each epoch
-    (before the DataLoader iterator is made, so workers get the new epoch; persistent workers
-    keep the epoch they started with). A file that fails is replaced by a random other sample,
-    drawn from the same seed, up to ``max_retries`` times before a DataError.
+    Sampling is deterministic given (seed, epoch, index): call ``set_epoch`` before each epoch,
+    before the DataLoader iterator is made. The epoch lives in shared memory, so persistent
+    loader workers (which keep their copy of the dataset across epochs) read the new one. A file
+    that fails is replaced by a random other sample, drawn from the same seed, up to
+    ``max_retries`` times before a DataError.
 
     Args:
         annotation: records and class names (``load_annotation``).
@@ -162,14 +163,18 @@ class VideoDataset(Dataset):
         self.seed = seed
         self.max_retries = max_retries
         self.min_frames = min_frames
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # see the class doc
         self.report = SkipReport()
 
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def skipped(self) -> dict[str, str]:
         """Every file skipped so far (path -> reason), as far as this process has heard."""
@@ -181,8 +186,9 @@ class VideoDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         skipped: list[tuple[str, str]] = []
         candidate = index
+        epoch = self.epoch
         for attempt in range(self.max_retries + 1):
-            rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
+            rng = np.random.default_rng([self.seed, epoch, index, attempt])
             if attempt > 0:
                 candidate = int(rng.integers(len(self.records)))
             record = self.records[candidate]

@@ -94,10 +94,16 @@ def make_loader(
     num_workers: int,
     seed: int,
     pin_memory: bool = False,
+    persistent: bool = False,
 ) -> SkipReportingLoader:
     """A loader over ``sampler`` whose worker seeds come from (seed, epoch, rank), never from
     the global RNG: creating it leaves the training RNG streams untouched, which exact
-    resumption needs. Files that a ``VideoDataset`` skipped reach its report."""
+    resumption needs. Files that a ``VideoDataset`` skipped reach its report.
+
+    ``persistent`` keeps the workers alive from one ``iter()`` to the next (one per epoch):
+    starting them again stalled the first step of every epoch by seconds. A ``VideoDataset``
+    draws from (seed, epoch, index) with the epoch in shared memory, so long-lived workers
+    sample exactly as fresh ones would."""
     generator = torch.Generator().manual_seed(
         derive_seed(seed, sampler.epoch, sampler.rank, "workers")
     )
@@ -106,6 +112,7 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
+        persistent_workers=persistent and num_workers > 0,
         pin_memory=pin_memory,
         worker_init_fn=seed_worker,
         generator=generator,

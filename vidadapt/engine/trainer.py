@@ -42,7 +42,8 @@ from .checkpoint import (
     save_resume_state,
     set_rng_state,
 )
-from .data import ShardedSampler, derive_seed, make_loader
+from .compiled import training_forward
+from .data import ShardedSampler, SkipReportingLoader, derive_seed, make_loader
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean
 from .evaluate import classification_metrics, predict, write_metrics
 from .features import FeatureSet, feature_datasets, trains_on_features
@@ -143,7 +144,8 @@ class Trainer:
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+        self.forward = training_forward(self.ddp, cfg.train.compile, self.amp_dtype,
+                                        self.dist.enabled)
 
         self.micro_batch = micro_batch_size(
             cfg.data.batch_size, self.dist.world_size, opt.accum_steps
@@ -163,6 +165,7 @@ class Trainer:
         )
         self.progress = Progress()
         self.log = RunLogger(self.work_dir, enabled=False)
+        self.loaders: dict[str, SkipReportingLoader] = {}  # per split, see _loader
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -211,7 +214,7 @@ class Trainer:
         self.train_sampler.set_epoch(epoch, start=first * accum * self.micro_batch)
         if hasattr(self.train_set, "set_epoch"):  # per-epoch augmentation seeds
             self.train_set.set_epoch(epoch)
-        batches = iter(self._loader(self.train_set, self.train_sampler, self.micro_batch))
+        batches = iter(self._loader("train", self.train_set, self.train_sampler, self.micro_batch))
         bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not self.dist.is_main,
                    desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}", dynamic_ncols=True)
         self.model.train()
@@ -221,7 +224,9 @@ class Trainer:
             started = time.perf_counter()
             schedule = lr_factor(self.progress.step, self.warmup_steps, self.total_steps)
             lr = self.cfg.optim.lr * schedule
-            losses.append(self._train_step([next(batches) for _ in range(accum)], lr))
+            micro_batches = [next(batches) for _ in range(accum)]
+            data_s = time.perf_counter() - started  # waiting for the loader: > 0 means a stall
+            losses.append(self._train_step(micro_batches, lr))
             clips_per_s = self.cfg.data.batch_size / (time.perf_counter() - started)
             self.progress.step += 1
             self.progress.step_in_epoch += 1
@@ -231,7 +236,8 @@ class Trainer:
             if self.progress.step % self.cfg.train.log_every == 0 or end_of_epoch:
                 fraction = self.progress.step_in_epoch / self.steps_per_epoch
                 self.log.log("train", self.progress.step, epoch=epoch + fraction,
-                             loss=sum(losses) / len(losses), lr=lr, clips_per_s=clips_per_s)
+                             loss=sum(losses) / len(losses), lr=lr, clips_per_s=clips_per_s,
+                             data_s=data_s)
                 losses = []
             if save_every and self.progress.step % save_every == 0:
                 self._save_resume_state()
@@ -248,7 +254,7 @@ class Trainer:
             # Gradients are averaged over processes once per step, on the last micro-batch.
             last = i == len(micro_batches) - 1
             with nullcontext() if last or not self.dist.enabled else self.ddp.no_sync():
-                with self._autocast():
+                with self.forward.autocast():
                     logits = self.forward(video)
                 loss = self._loss(logits, target)
                 scaled = loss / len(micro_batches)
@@ -256,7 +262,7 @@ class Trainer:
             total += loss.detach()
         loss = all_reduce_mean(total / len(micro_batches), self.dist).item()
         if not math.isfinite(loss):
-            self.optimizer.zero_grad(set_to_none=True)
+            self.forward.zero_grad(self.optimizer)
             raise DivergedError(
                 f"loss is {loss} at step {self.progress.step + 1}; stopped before updating the "
                 f"weights, the last good state is {self.work_dir / RESUME_FILE} (continue with "
@@ -298,12 +304,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        self.forward.zero_grad(self.optimizer)
 
     def _seed_training_rngs(self) -> None:
         """Dropout and drop-path draw from the global RNGs; every rank gets its own stream."""
@@ -326,7 +327,7 @@ class Trainer:
             self.model.select_hparams(self.val_set.features, self.val_set.labels[:, 0])
         sampler = ShardedSampler(len(self.val_set), shuffle=False, rank=self.dist.rank,
                                  world_size=self.dist.world_size)
-        loader = self._loader(self.val_set, sampler, self.cfg.data.eval_batch_size)
+        loader = self._loader("val", self.val_set, sampler, self.cfg.data.eval_batch_size)
         scores = predict(self.model, loader, self.device, self.amp_dtype, self.dist,
                          progress=self.dist.is_main)
         metrics = classification_metrics(scores, self.classes)
@@ -359,9 +360,14 @@ class Trainer:
         logger.warning("skipped %d unreadable file(s) (all listed in %s):\n%s",
                        len(skipped), path, first)
 
-    def _loader(self, dataset: Dataset, sampler: ShardedSampler, batch_size: int):
-        return make_loader(dataset, sampler, batch_size, self.cfg.data.num_workers,
-                           self.cfg.train.seed, pin_memory=self.device.type == "cuda")
+    def _loader(self, split: str, dataset: Dataset, sampler: ShardedSampler, batch_size: int):
+        """The split's loader, made once: its workers live from epoch to epoch (``sampler`` is
+        the first call's; later epochs move it on with ``set_epoch``)."""
+        if split not in self.loaders:
+            self.loaders[split] = make_loader(
+                dataset, sampler, batch_size, self.cfg.data.num_workers, self.cfg.train.seed,
+                pin_memory=self.device.type == "cuda", persistent=True)
+        return self.loaders[split]
 
     # ---- checkpoints --------------------------------------------------------------------------
 

@@ -2,9 +2,9 @@
 
 Per block, in this order (REFERENCE.md §2, matching the official code):
 
-1. Temporal (T): tokens regrouped so attention runs across the T frames separately for every
-   token position, through the block's *frozen* ``norm1`` and attention; the result passes a
-   T-Adapter (no skip) and is added to the residual stream with drop-path.
+1. Temporal (T): attention runs across the T frames separately for every token position,
+   through the block's *frozen* ``norm1`` and attention weights (``Attention.forward_frames``);
+   the result passes a T-Adapter (no skip) and is added to the residual stream with drop-path.
 2. Spatial (S): the block's own attention output passes an S-Adapter (with skip).
 3. Joint (J): an MLP-Adapter (no skip) runs parallel to the MLP on ``norm2(x)``, scaled by
    ``adapter_scale``, with drop-path.
@@ -65,14 +65,12 @@ class TemporalAdaptation(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, block: Block, layout: TokenLayout) -> Tensor:
-        BT, N, D = x.shape
-        B, T = layout.batch, layout.frames
-        xt = x.view(B, T, N, D).transpose(1, 2).reshape(B * N, T, D)  # [B*N, T, D]
-        h = block.norm1(xt)
+        # The norm and the adapters act per token, so they run in the frame-major layout too:
+        # no transposes to [B*N, T, D] and back.
+        h = block.norm1(x)  # [B*T, N, D]
         if self.adapter_in is not None:
             h = self.adapter_in(h)
-        h = self.adapter(block.attn(h, layout))  # [B*N, T, D]
-        h = h.view(B, N, T, D).transpose(1, 2).reshape(BT, N, D)  # [B*T, N, D]
+        h = self.adapter(block.attn.forward_frames(h, layout))  # [B*T, N, D]
         return x + self.drop_path(h)
 
 

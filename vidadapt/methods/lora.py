@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vit import ViT
@@ -88,10 +89,22 @@ class LoRALinear(nn.Module):
                 )
             return self.base(x)
         out = self.base(x)  # [..., out]
-        z = torch.einsum("...i,sri->...sr", self.lora_dropout(x), self.lora_A)  # [..., S, r]
-        delta = torch.einsum("...sr,swr->...sw", z, self.lora_B) * self.scale  # [..., S, w]
-        out = out.unflatten(-1, (self.groups, -1))  # [..., groups, w]
-        return out.index_add(-2, self.slots, delta.to(out.dtype)).flatten(-2)  # [..., out]
+        z = F.linear(self.lora_dropout(x), self.lora_A.flatten(0, 1))  # [..., S*r]
+        # One matmul adds every slice's update to the frozen output in place of a per-slice
+        # product and a scatter: addmm's epilogue does the add, no [..., out] copy is made.
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), z.reshape(-1, z.shape[-1]),
+                           self.update_matrix().t(), alpha=self.scale)  # [tokens, out]
+        return flat.view(out.shape)
+
+    def update_matrix(self) -> Tensor:
+        """Every slice's ``B`` in one ``[out, S*r]`` matrix: slice ``s``'s ``B`` sits in the
+        rows of its output slot and the columns of its rank block; the rest is zero."""
+        S, w, r = self.lora_B.shape
+        blocks = torch.block_diag(*self.lora_B)  # [S*w, S*r]
+        if S == self.groups:  # every slot adapted (slots are in increasing order)
+            return blocks
+        full = blocks.new_zeros(self.groups, w, S * r)  # [groups, w, S*r]
+        return full.index_copy(0, self.slots, blocks.view(S, w, S * r)).flatten(0, 1)
 
     def delta_weight(self) -> Tensor:
         """``B A * scale`` of every adapted slice, ``[S, w, in]``."""
