@@ -52,8 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 # (every variant holds its own process and memory), so that table has two groups, each with
 # full fine-tuning as its reference.
 TRAIN_GROUPS = {
-    8: [["full", "full_aim", "aim_stj", "aim_stj_ckpt", "aim_stj_ckpt10", "st_adapter", "evl",
-         "lora", "vpt", "adapter", "prefix"]],
+    8: [["full", "full_aim", "aim_stj", "aim_stj_ckpt", "aim_stj_ckpt11", "aim_stj_ckpt10",
+         "st_adapter", "evl", "lora", "vpt", "adapter", "prefix"]],
     32: [["full", "aim_stj", "aim_stj_ckpt", "aim_stj_ckpt10"],
          ["full", "st_adapter", "evl", "lora"]],
 }
@@ -171,6 +171,32 @@ def graphs_match_eager(shape: Shape, device: torch.device, steps: int = 4) -> di
     return result
 
 
+def fused_check(device: torch.device) -> dict[str, Any]:
+    """The fused QuickGELU against float64, beside the plain expression in the same dtype."""
+    from vidadapt.backbones import fused
+
+    def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a.double() - b).norm() / b.norm()).item()
+
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(1 << 20, device=device, dtype=dtype, requires_grad=True)
+        grad = torch.randn_like(x)
+        x64 = x.detach().double().requires_grad_()
+        exact = fused.quick_gelu_reference(x64)
+        exact_grad = torch.autograd.grad(exact, x64, grad.double())[0]
+        row = {}
+        for name, fn in (("fused", fused.quick_gelu), ("plain", fused.quick_gelu_reference)):
+            out = fn(x)
+            row[f"{name}_forward_err"] = relative(out, exact)
+            row[f"{name}_backward_err"] = relative(torch.autograd.grad(out, x, grad)[0],
+                                                   exact_grad)
+        row["kernel"] = fused._kernels.get((fused._FORWARD, dtype)) is not None
+        results[str(dtype)] = row
+    print(f"\n### Fused QuickGELU, relative error against float64\n\n{results}")
+    return results
+
+
 # ---- 3. inference -------------------------------------------------------------------------------
 
 
@@ -219,8 +245,9 @@ def compiled_inference(shape: Shape, device: torch.device, peak_tflops: float,
 # ---- 4. kernel profile --------------------------------------------------------------------------
 
 
-def profile_step(name: str, shape: Shape, device: torch.device, top: int = 8) -> list[dict]:
-    """The ``top`` kernels by device time of one eager training step of variant ``name``."""
+def profile_step(name: str, shape: Shape, device: torch.device, top: int = 12) -> list[dict]:
+    """The ``top`` kernels, and operators, by device time of one eager training step of
+    variant ``name``."""
     from torch.profiler import ProfilerActivity, profile
 
     from vidadapt.engine.optim import build_optimizer
@@ -254,6 +281,9 @@ def profile_step(name: str, shape: Shape, device: torch.device, top: int = 8) ->
         events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(getattr(e, key) for e in events)
     cpu_total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    operators = [e for e in prof.key_averages()
+                 if e.device_type == torch.autograd.DeviceType.CPU and e.self_device_time_total > 0]
+    operators = sorted(operators, key=lambda e: e.self_device_time_total, reverse=True)[:top]
     rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
     print(f"\n### Profile of one eager step: {name} (device {total / 1e3:.1f} ms, "
           f"host {cpu_total / 1e3:.1f} ms)\n")
@@ -264,6 +294,12 @@ def profile_step(name: str, shape: Shape, device: torch.device, top: int = 8) ->
         ms = getattr(e, key) / 1e3
         print(f"| `{e.key[:90]}` | {ms:.2f} | {100 * getattr(e, key) / total:.0f}% |")
         out.append({"kernel": e.key, "ms": ms, "share": getattr(e, key) / total})
+    if operators:
+        print("\n| operator | device ms | share |\n|---|---|---|")
+    for e in operators:
+        ms = e.self_device_time_total / 1e3
+        print(f"| `{e.key}` | {ms:.2f} | {100 * e.self_device_time_total / total:.0f}% |")
+        out.append({"operator": e.key, "ms": ms, "share": e.self_device_time_total / total})
     return [{"device_ms": total / 1e3, "host_ms": cpu_total / 1e3}, *out]
 
 
@@ -356,6 +392,12 @@ def end_to_end(work: Path, device: torch.device, clips: int, batch: int, workers
                                          max(len(steps) - 1, 1)),
         "val_top1": (summary.get("val") or {}).get("top1"),
     }
+    # The training step alone at the same batch and mode, for the share the loader leaves.
+    shape = Shape(cfg.model.backbone, cfg.model.num_frames, cfg.data.transform.size, batch)
+    alone = train_step.benchmark(["aim_stj"], shape, 5, str(device), mode)["aim_stj"]
+    if "error" not in alone and median:
+        result["step_only_clips_per_s"] = alone["clips_per_s"]
+        result["end_to_end_share"] = median / alone["clips_per_s"]
     print(f"\n### End to end: AIM K400 recipe, batch {batch}, {workers} loader workers, "
           f"train.compile {mode}\n")
     for key, value in result.items():
@@ -422,6 +464,7 @@ def main() -> None:
     peak = report.get("ceiling", {}).get("matmul_tflops")
     run("train", lambda: train_tables(shape_of, args.device, args.rounds, modes, groups))
     if device.type == "cuda":
+        run("fused_check", lambda: fused_check(device))
         run("graphs_check", lambda: graphs_match_eager(
             Shape(shape_of["backbone"], 4, 112 if not args.tiny else 32, 2), device))
     run("inference", lambda: inference_table(Shape(**shape_of, batch=4 if args.tiny else 32),

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from vidadapt.backbones.vit import Block, TokenLayout, ViTConfig
 from vidadapt.methods.aim import TemporalAdaptation
+from vidadapt.methods.layers import temporal_depthwise_conv
 from vidadapt.methods.lora import LoRALinear
-from vidadapt.methods.st_adapter import temporal_depthwise_conv
 
 
 def median_seconds(fn: Callable[[], None], repeats: int, device: torch.device) -> float:

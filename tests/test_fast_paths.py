@@ -12,10 +12,12 @@ import pytest
 import torch
 from torch import nn
 
+from vidadapt.backbones.fused import quick_gelu, quick_gelu_reference
 from vidadapt.backbones.vit import Attention, TokenLayout, ViT, ViTConfig
 from vidadapt.methods.aim import TemporalAdaptation
+from vidadapt.methods.layers import temporal_depthwise_conv
 from vidadapt.methods.lora import LoRALinear
-from vidadapt.methods.st_adapter import STAdapter, temporal_depthwise_conv
+from vidadapt.methods.st_adapter import STAdapter
 from vidadapt.models import create_model
 
 TINY = ViTConfig(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_dim=128)
@@ -123,6 +125,20 @@ def test_temporal_depthwise_conv_matches_conv3d(k):
                                   reference, [z], [conv.weight, conv.bias])
 
 
+def test_temporal_depthwise_conv_matches_evls_conv1d():
+    """EVL's Conv1d over each token's frames, run on ``[B*N, D, T]`` as upstream does."""
+    torch.manual_seed(0)
+    conv = nn.Conv1d(8, 8, 3, padding=1, groups=8)
+    x = torch.randn(2, 5, 3, 8)  # [B, T, N, D]
+
+    def reference(t):
+        seq = t.permute(0, 2, 3, 1).reshape(6, 8, 5)  # [B*N, D, T]
+        return conv(seq).view(2, 3, 8, 5).permute(0, 3, 1, 2)  # [B, T, N, D]
+
+    assert_same_outputs_and_grads(lambda t: temporal_depthwise_conv(t, conv.weight, conv.bias),
+                                  reference, [x], [conv.weight, conv.bias])
+
+
 @pytest.mark.parametrize("kernel", [(3, 1, 1), (3, 3, 3)])
 def test_st_adapter_matches_its_conv3d_form(kernel):
     adapter = STAdapter(TINY.width, 24, kernel)
@@ -180,3 +196,17 @@ def test_fast_paths_agree_on_a_whole_model():
     for site in sites:
         site.forward = (lambda t, b, lay, s=site: transposed_temporal_adaptation(s, b, t, lay))
     torch.testing.assert_close(model(video), logits, atol=1e-5, rtol=1e-5)
+
+
+def test_quick_gelu_matches_clips_expression_and_keeps_only_its_input():
+    x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = quick_gelu(x)
+    assert torch.equal(out, quick_gelu_reference(x))
+    assert len(saved) == 1 and saved[0] is x  # the expression keeps x and the sigmoid
+    grad = torch.randn_like(x)
+    ours = torch.autograd.grad(out, x, grad)[0]
+    theirs = torch.autograd.grad(quick_gelu_reference(x), x, grad)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(quick_gelu, (x[:2, :3].detach().requires_grad_(),))

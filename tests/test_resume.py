@@ -14,7 +14,7 @@ from tiny_training import TemplateClips, tiny_config, tiny_model, train_tiny
 from torch.utils.data import Dataset
 
 from vidadapt.engine.checkpoint import atomic_write, load_resume_state
-from vidadapt.engine.data import ShardedSampler, make_loader
+from vidadapt.engine.data import EpochKeyed, EpochStream, ShardedSampler, make_loader
 from vidadapt.engine.logs import read_log
 from vidadapt.engine.trainer import Trainer
 from vidadapt.errors import CheckpointError
@@ -126,3 +126,35 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(path, dies_halfway)
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+class EpochTagged(Dataset):
+    """Items say which epoch the dataset was set to when they were read."""
+
+    def __init__(self) -> None:
+        self.epoch = -1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> dict:
+        return {"epoch": self.epoch, "index": index}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_one_loader_streams_the_epochs_in_order_and_tells_the_dataset_each_epoch(num_workers):
+    """A resumed run at epoch 1, position 6, of 3 epochs: the rest of epoch 1, then epoch 2,
+    from one loader whose workers learn each item's epoch (they may run ahead of training)."""
+    sampler = ShardedSampler(12, shuffle=True, seed=5, samples_per_epoch=12)
+    expected = []
+    for epoch, start in ((1, 6), (2, 0)):
+        sampler.set_epoch(epoch, start)
+        expected += [(epoch, i) for i in sampler]
+    stream = EpochStream(sampler, first=1, last=3, start=6)
+    assert len(stream) == len(expected) == 18
+    batches = list(make_loader(EpochKeyed(EpochTagged()), stream, 3, num_workers, seed=5))
+    got = [(int(e), int(i)) for b in batches for e, i in zip(b["epoch"], b["index"], strict=True)]
+    assert got == expected

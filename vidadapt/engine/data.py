@@ -67,6 +67,55 @@ class ShardedSampler(Sampler[int]):
         return max(len(range(self.rank, self.samples_per_epoch, self.world_size)) - self.start, 0)
 
 
+class EpochStream(Sampler[tuple[int, int]]):
+    """``(epoch, index)`` for epochs ``first`` to ``last - 1`` of ``sampler``, one after the
+    other (the first from position ``start``).
+
+    One loader over the whole run never drains at an epoch's end: while the last steps of an
+    epoch train, its workers already decode the first batches of the next. A loader per epoch
+    started empty each time, and the first step waited for one worker to decode a whole batch
+    (3 s for 16 K400 clips). The epoch travels with each index: see :class:`EpochKeyed`.
+    """
+
+    def __init__(self, sampler: ShardedSampler, first: int, last: int, start: int = 0) -> None:
+        self.sampler, self.first, self.last, self.start = sampler, first, last, start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for epoch in range(self.first, self.last):
+            self.sampler.set_epoch(epoch, self.start if epoch == self.first else 0)
+            for index in self.sampler:
+                yield epoch, index
+
+    def __len__(self) -> int:
+        per_epoch = len(range(self.sampler.rank, self.sampler.samples_per_epoch,
+                              self.sampler.world_size))
+        return max(per_epoch * (self.last - self.first) - self.start, 0)
+
+
+class EpochKeyed(Dataset):
+    """``dataset`` indexed by ``(epoch, index)``: it is moved to that epoch (``set_epoch``, its
+    per-epoch augmentation or feature view) before the item is read, in whichever process
+    reads it."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    @property
+    def report(self):
+        return getattr(self.dataset, "report", None)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if epoch != self.epoch and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        self.epoch = epoch
+        return self.dataset[index]
+
+
 def seed_worker(worker_id: int) -> None:
     """Seed python and numpy in a loader worker from the seed torch gave it, which the
     loader derives from its own generator; so workers are reproducible too."""
@@ -89,7 +138,7 @@ class SkipReportingLoader(DataLoader):
 
 def make_loader(
     dataset: Dataset,
-    sampler: ShardedSampler,
+    sampler: ShardedSampler | EpochStream,
     batch_size: int,
     num_workers: int,
     seed: int,
@@ -100,13 +149,12 @@ def make_loader(
     the global RNG: creating it leaves the training RNG streams untouched, which exact
     resumption needs. Files that a ``VideoDataset`` skipped reach its report.
 
-    ``persistent`` keeps the workers alive from one ``iter()`` to the next (one per epoch):
-    starting them again stalled the first step of every epoch by seconds. A ``VideoDataset``
-    draws from (seed, epoch, index) with the epoch in shared memory, so long-lived workers
-    sample exactly as fresh ones would."""
-    generator = torch.Generator().manual_seed(
-        derive_seed(seed, sampler.epoch, sampler.rank, "workers")
-    )
+    ``persistent`` keeps the workers alive from one ``iter()`` to the next (validation runs
+    once per epoch): starting them again cost seconds each time."""
+    first = sampler.sampler if isinstance(sampler, EpochStream) else sampler
+    epoch = sampler.first if isinstance(sampler, EpochStream) else sampler.epoch
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, first.rank, "workers"))
+    inner = dataset.dataset if isinstance(dataset, EpochKeyed) else dataset
     return SkipReportingLoader(
         dataset,
         batch_size=batch_size,
@@ -116,7 +164,7 @@ def make_loader(
         pin_memory=pin_memory,
         worker_init_fn=seed_worker,
         generator=generator,
-        collate_fn=collate_samples if isinstance(dataset, VideoDataset) else None,
+        collate_fn=collate_samples if isinstance(inner, VideoDataset) else None,
     )
 
 

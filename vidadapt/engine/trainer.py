@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +43,14 @@ from .checkpoint import (
     set_rng_state,
 )
 from .compiled import training_forward
-from .data import ShardedSampler, SkipReportingLoader, derive_seed, make_loader
+from .data import (
+    EpochKeyed,
+    EpochStream,
+    ShardedSampler,
+    SkipReportingLoader,
+    derive_seed,
+    make_loader,
+)
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean
 from .evaluate import classification_metrics, predict, write_metrics
 from .features import FeatureSet, feature_datasets, trains_on_features
@@ -165,7 +172,7 @@ class Trainer:
         )
         self.progress = Progress()
         self.log = RunLogger(self.work_dir, enabled=False)
-        self.loaders: dict[str, SkipReportingLoader] = {}  # per split, see _loader
+        self.val_loader: SkipReportingLoader | None = None  # see _val_loader
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -190,8 +197,9 @@ class Trainer:
                         self.model.spec.method, self.total_steps, self.cfg.data.batch_size,
                         self.steps_per_epoch, self.work_dir)
         metrics = None
+        batches = self._training_batches()
         for epoch in range(self.progress.epoch, self.cfg.optim.epochs):
-            self._train_epoch(epoch, on_step)
+            self._train_epoch(epoch, batches, on_step)
             self.progress.epoch, self.progress.step_in_epoch = epoch + 1, 0
             if self._validation_due(epoch):
                 metrics = self.validate()
@@ -208,13 +216,20 @@ class Trainer:
             "val": None if metrics is None else {k: metrics[k] for k in SUMMARY_KEYS},
         }
 
-    def _train_epoch(self, epoch: int, on_step: Callable[[int], None] | None) -> None:
+    def _training_batches(self) -> Iterator[dict[str, Any]]:
+        """Micro-batches from where training stands to the last epoch, from one loader (see
+        ``EpochStream``: no stall at epoch boundaries)."""
+        accum = self.cfg.optim.accum_steps
+        stream = EpochStream(self.train_sampler, self.progress.epoch, self.cfg.optim.epochs,
+                             start=self.progress.step_in_epoch * accum * self.micro_batch)
+        return iter(make_loader(EpochKeyed(self.train_set), stream, self.micro_batch,
+                                self.cfg.data.num_workers, self.cfg.train.seed,
+                                pin_memory=self.device.type == "cuda"))
+
+    def _train_epoch(self, epoch: int, batches: Iterator[dict[str, Any]],
+                     on_step: Callable[[int], None] | None) -> None:
         accum = self.cfg.optim.accum_steps
         first = self.progress.step_in_epoch
-        self.train_sampler.set_epoch(epoch, start=first * accum * self.micro_batch)
-        if hasattr(self.train_set, "set_epoch"):  # per-epoch augmentation seeds
-            self.train_set.set_epoch(epoch)
-        batches = iter(self._loader("train", self.train_set, self.train_sampler, self.micro_batch))
         bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not self.dist.is_main,
                    desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}", dynamic_ncols=True)
         self.model.train()
@@ -327,7 +342,7 @@ class Trainer:
             self.model.select_hparams(self.val_set.features, self.val_set.labels[:, 0])
         sampler = ShardedSampler(len(self.val_set), shuffle=False, rank=self.dist.rank,
                                  world_size=self.dist.world_size)
-        loader = self._loader("val", self.val_set, sampler, self.cfg.data.eval_batch_size)
+        loader = self._val_loader(sampler)
         scores = predict(self.model, loader, self.device, self.amp_dtype, self.dist,
                          progress=self.dist.is_main)
         metrics = classification_metrics(scores, self.classes)
@@ -360,14 +375,14 @@ class Trainer:
         logger.warning("skipped %d unreadable file(s) (all listed in %s):\n%s",
                        len(skipped), path, first)
 
-    def _loader(self, split: str, dataset: Dataset, sampler: ShardedSampler, batch_size: int):
-        """The split's loader, made once: its workers live from epoch to epoch (``sampler`` is
-        the first call's; later epochs move it on with ``set_epoch``)."""
-        if split not in self.loaders:
-            self.loaders[split] = make_loader(
-                dataset, sampler, batch_size, self.cfg.data.num_workers, self.cfg.train.seed,
-                pin_memory=self.device.type == "cuda", persistent=True)
-        return self.loaders[split]
+    def _val_loader(self, sampler: ShardedSampler) -> SkipReportingLoader:
+        """The validation loader, made at the first validation; its workers live on to the
+        next ones (``sampler`` is the same every time: validation is not shuffled)."""
+        if self.val_loader is None:
+            self.val_loader = make_loader(
+                self.val_set, sampler, self.cfg.data.eval_batch_size, self.cfg.data.num_workers,
+                self.cfg.train.seed, pin_memory=self.device.type == "cuda", persistent=True)
+        return self.val_loader
 
     # ---- checkpoints --------------------------------------------------------------------------
 

@@ -95,7 +95,7 @@ class JointAdapter(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, h: Tensor, block: Block, layout: TokenLayout) -> Tensor:
-        return self.drop_path(self.scale * self.adapter(h))
+        return self.drop_path(self.adapter(h), scale=self.scale)
 
 
 @register_method("aim", AIMConfig)

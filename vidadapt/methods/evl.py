@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..backbones.vit import Block, TokenLayout, ViT, quick_gelu
 from ..errors import ConfigError
+from .layers import temporal_depthwise_conv
 from .registry import register_method
 
 QK_KEY = "evl_qk"  # layout.extras key: block index → (q, k) of that block's patch tokens
@@ -100,9 +101,12 @@ class CrossFrameAttention(nn.Module):
         # [B, T', P, offsets] and one matmul with the table sums weight x table[offset]. Upstream
         # gathers table[offset_index] instead: a [P, P, D] tensor (118 MB in fp32 at ViT-B/16)
         # whose gradient is scatter-added back, a quarter of the whole training step on CPU.
-        slots = weights.new_zeros(*weights.shape[:-1], table.shape[0])  # [B, T', P, O]
+        # The offsets' axis is padded to a multiple of 8 with zero rows: the 729 offsets of a
+        # 14 x 14 grid made the matmul fall back to a slow unaligned GPU kernel.
+        offsets = -(-table.shape[0] // 8) * 8
+        slots = weights.new_zeros(*weights.shape[:-1], offsets)  # [B, T', P, O']
         slots = slots.scatter(-1, offset_index.expand_as(weights), weights)
-        return slots @ table  # [B, T', P, D]
+        return slots @ F.pad(table, (0, 0, 0, offsets - table.shape[0]))  # [B, T', P, D]
 
     def forward(self, q: Tensor, k: Tensor, layout: TokenLayout) -> Tensor:
         """The term for the patch tokens, ``[B, T, P, D]``, from q and k ``[B*T, H, P, d]``."""
@@ -138,14 +142,11 @@ class LocalTemporal(nn.Module):
 
     def forward(self, x: Tensor, qk: tuple[Tensor, Tensor] | None, layout: TokenLayout) -> Tensor:
         """Tokens ``[B, T, N, D]`` → the same with the temporal terms added."""
-        B, T, N, D = x.shape
         out = x
-        if self.conv is not None:
-            seq = x.permute(0, 2, 3, 1).reshape(B * N, D, T)  # [B*N, D, T]
-            seq = self.conv(seq).view(B, N, D, T).permute(0, 3, 1, 2)  # [B, T, N, D]
-            out = out + seq
+        if self.conv is not None:  # the Conv1d over each token's frames, in this layout
+            out = out + temporal_depthwise_conv(x, self.conv.weight, self.conv.bias)
         if self.temporal_embedding is not None:
-            out = out + self.temporal_embedding[:T, None, :]
+            out = out + self.temporal_embedding[: x.shape[1], None, :]
         if self.cross_frame is not None:
             start, end = layout.num_prefix, layout.num_prefix + layout.num_patches
             patches = out[:, :, start:end] + self.cross_frame(*qk, layout)  # [B, T, P, D]

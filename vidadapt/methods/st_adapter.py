@@ -5,21 +5,20 @@ untouched) pass Linear(D, Ca) → depthwise Conv3d over (T, h, w) with kernel (3
 Linear(Ca, D), added back. No activation (as in the released code). The conv and both biases
 start at zero, so the adapter outputs 0 at step 0.
 
-A kernel that is 1 × 1 in space is run as shifted, per-channel scaled copies of the frames
-(:func:`temporal_depthwise_conv`), in the tokens' own layout. cuDNN's depthwise 3-D
-convolution needs two transposes, and its bf16 weight-gradient kernel took 95% of a GPU
-training step; the shifted sums cost a few elementwise passes over ``[B, T, h*w, Ca]``.
+A kernel that is 1 × 1 in space runs as shifted, per-channel scaled copies of the frames in
+the tokens' own layout (``layers.temporal_depthwise_conv``): cuDNN's depthwise 3-D convolution
+needs two transposes, and its bf16 weight-gradient kernel took 95% of a GPU training step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vit import Block, TokenLayout, ViT
+from .layers import temporal_depthwise_conv
 from .registry import register_method
 
 POSITIONS = ("pre_attn", "pre_mlp")
@@ -46,27 +45,6 @@ class STAdapterConfig:
             )
 
 
-def temporal_depthwise_conv(z: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """Depthwise convolution over time with zero padding, as ``nn.Conv3d`` of kernel
-    ``(k, 1, 1)`` and ``groups=C`` computes it (cross-correlation), on ``z`` ``[B, T, P, C]``
-    with that layer's ``weight`` ``[C, 1, k, 1, 1]`` and ``bias`` ``[C]``.
-
-    out[t] = bias + sum_i weight[i] * z[t + i - k // 2]. The products and the sum are taken
-    in the weight's precision (fp32 under autocast, as the convolution accumulates), then cast
-    back to ``z``'s dtype.
-    """
-    B, T, P, C = z.shape
-    k = weight.shape[2]
-    taps = weight.view(C, k)  # [C, k]
-    padded = F.pad(z, (0, 0, 0, 0, k // 2, k // 2))  # [B, T + k - 1, P, C]
-    out = padded[:, :T] * taps[:, 0]  # [B, T, P, C]
-    for i in range(1, k):
-        out = out + padded[:, i : i + T] * taps[:, i]
-    if bias is not None:
-        out = out + bias
-    return out.to(z.dtype)
-
-
 class STAdapter(nn.Module):
     def __init__(self, dim: int, width: int, kernel: tuple[int, int, int]) -> None:
         super().__init__()
@@ -91,8 +69,9 @@ class STAdapter(nn.Module):
             z = z.view(B, T, h, w, C).permute(0, 4, 1, 2, 3)  # [B, Ca, T, h, w]
             z = self.conv(z)
             z = z.permute(0, 2, 3, 4, 1).reshape(BT, h * w, C)  # [B*T, h*w, Ca]
-        patches = patches + self.up(z)
-        return torch.cat([x[:, :start], patches, x[:, end:]], dim=1)  # [B*T, N, D]
+        # Zero rows for the other tokens: one add over the stream, no slice-add and concat.
+        update = F.pad(self.up(z), (0, 0, start, N - end))  # [B*T, N, D]
+        return x + update
 
 
 @register_method("st_adapter", STAdapterConfig)
