@@ -6,11 +6,15 @@
 On one CUDA device, ViT-B/16, 8 frames at 224², bf16 autocast, fused AdamW:
 
 1. ``ceiling``: a bf16 8192³ matmul and a device-to-device copy, measured in this run; the
-   matmul rate is the denominator of every "fraction of peak".
+   matmul rate is the denominator of every "fraction of peak". ``fused_check``: the fused
+   QuickGELU kernels against float64; ``graphs_check``: four AIM training steps eager and from
+   CUDA graphs (losses and weights must be equal).
 2. ``train``: the training-step table of ``train_step.py`` (every variant as a ratio to full
    fine-tuning in the same run) at batch 8 and 32, with ``train.compile`` off (eager) and
    graphs (forward and backward replayed as CUDA graphs).
-3. ``inference``: ``inference.py``'s clips/s at batch 32, as a fraction of the ceiling.
+3. ``inference``: ``inference.py``'s clips/s at batch 32, as a fraction of the ceiling;
+   ``inference_compiled``: the same under ``torch.compile`` for two models, with the compile
+   time (skipped when the other phases took longer than ``--compile-after`` seconds).
 4. ``ops`` and ``profile``: each reformulated layer against the form it replaced
    (``ops.py``), and the heaviest CUDA kernels of one eager training step of some variants.
 5. ``e2e``: ``vidadapt train`` of the AIM K400 recipe (8x16 frames, batch 16) on generated
@@ -426,8 +430,8 @@ def main() -> None:
     parser.add_argument("--commit", help="the commit measured (recorded in the JSON)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--phases",
-                        default="ceiling,train,graphs_check,inference,ops,profile,e2e,"
-                                "inference_compiled")
+                        default="ceiling,fused_check,train,graphs_check,inference,ops,profile,"
+                                "e2e,inference_compiled")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--clips", type=int, default=192, help="end-to-end clips")
     parser.add_argument("--workers", type=int, default=min(15, (os.cpu_count() or 2) - 1))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from vidadapt.backbones.fused import quick_gelu, quick_gelu_reference
+from vidadapt.backbones.fused import QuickGELU, quick_gelu, quick_gelu_reference
 from vidadapt.backbones.vit import Attention, TokenLayout, ViT, ViTConfig
 from vidadapt.methods.aim import TemporalAdaptation
 from vidadapt.methods.layers import temporal_depthwise_conv
@@ -199,14 +199,16 @@ def test_fast_paths_agree_on_a_whole_model():
 
 
 def test_quick_gelu_matches_clips_expression_and_keeps_only_its_input():
+    """The autograd function (its torch-operations path; CUDA runs the same formulas fused)."""
     x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = quick_gelu(x)
+        out = QuickGELU.apply(x)
     assert torch.equal(out, quick_gelu_reference(x))
     assert len(saved) == 1 and saved[0] is x  # the expression keeps x and the sigmoid
     grad = torch.randn_like(x)
     ours = torch.autograd.grad(out, x, grad)[0]
     theirs = torch.autograd.grad(quick_gelu_reference(x), x, grad)[0]
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(quick_gelu, (x[:2, :3].detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(QuickGELU.apply, (x[:2, :3].detach().requires_grad_(),))
+    assert torch.equal(quick_gelu(x), quick_gelu_reference(x))  # on CPU: the plain expression
