@@ -70,34 +70,14 @@ TINY = dict(backbone="vit_tiny", frames=4, image_size=32)
 # ---- 1. ceiling ---------------------------------------------------------------------------------
 
 
-def timed(fn, repeats: int, warmup: int = 3) -> float:
-    """Median seconds of ``fn()`` on the current device, by CUDA events (host clock on CPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def ceiling(device: torch.device, n: int) -> dict[str, float]:
     """bf16 matmul TFLOP/s on random data (fp32 on CPU) and copy GB/s (read + write)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    matmul = timed(lambda: a @ b, repeats=10)
+    matmul = ops.median_seconds(lambda: a @ b, 10, device)
     src = torch.randn(256 * 2**20, device=device)  # 1 GiB of fp32
     dst = torch.empty_like(src)
-    copy = timed(lambda: dst.copy_(src), repeats=10)
+    copy = ops.median_seconds(lambda: dst.copy_(src), 10, device)
     return {"matmul_n": n, "matmul_tflops": 2 * n**3 / matmul / 1e12,
             "copy_gbs": 2 * src.numel() * 4 / copy / 1e9}
 
@@ -237,7 +217,7 @@ def compiled_inference(shape: Shape, device: torch.device, peak_tflops: float,
             if device.type == "cuda":
                 torch.cuda.synchronize()
             compile_s = time.perf_counter() - t0
-            seconds = timed(lambda m=model: m(video), repeats=5)
+            seconds = ops.median_seconds(lambda m=model: m(video), 5, device)
         flops = inference.forward_flops(plain, shape)
         tflops = shape.batch * flops / seconds / 1e12
         results[name] = {"compile_s": compile_s, "clips_per_s": shape.batch / seconds,

@@ -159,3 +159,17 @@ def test_round_trip_through_plain_data_and_yaml(tmp_path):
     saved = write(tmp_path / "saved.yaml", cfg.to_yaml())
     assert load_config(saved) == cfg
     assert ExperimentConfig().model.image_size is None  # filled from data.transform.size
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.num_tadaptr=2", "--set: method: method 'aim' has no option 'num_tadaptr'"),
+    ("model.method=aimm", "--set: model.method: unknown method 'aimm'"),
+    ("data.transform.size=33", "--set: data.transform: short sides (32, 33) must be at least"),
+])
+def test_errors_caused_by_an_override_name_set_not_the_recipe(tmp_path, override, message):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: {method: aim}\nmethod: {num_tadapter: 1}\n"
+                      "data: {transform: {size: 32, short_side: 32}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe, [override])
+    assert str(err.value).startswith(message)

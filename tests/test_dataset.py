@@ -160,6 +160,20 @@ def test_skips_in_dataloader_workers_reach_the_main_process(good_videos, bad_vid
     assert len(caplog.records) == len(bad_videos)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_at_test_time_bad_files_are_left_out_not_replaced(good_videos, bad_videos, num_workers):
+    records = good_videos + [VideoRecord(path, 0) for path in bad_videos]
+    dataset = VideoDataset(annotation(records), DenseSampler(4), keep, train=False,
+                           min_frames=TOO_FEW)
+    assert dataset[3]["video"] is None and dataset[3]["index"] == 3
+    loader = DataLoader(dataset, batch_size=4, num_workers=num_workers,
+                        collate_fn=collate_samples)
+    batches = list(loader)
+    assert [b["index"].tolist() for b in batches] == [[0, 1, 2], [], []]
+    assert batches[1]["video"] is None
+    assert sorted(p for b in batches for p, _ in b["skipped"]) == sorted(bad_videos)
+
+
 def test_only_bad_files_raise_data_error_naming_them(bad_videos):
     records = [VideoRecord(path, 0) for path in bad_videos]
     dataset = VideoDataset(annotation(records), DenseSampler(4), keep, max_retries=2,

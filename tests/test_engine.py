@@ -199,7 +199,8 @@ def test_non_finite_loss_stops_with_the_last_good_state_intact(tmp_path):
     trainer = Trainer(cfg, tiny_model(cfg), PoisonedClips(32, seed=0))
     before = {}
     with pytest.raises(DivergedError, match=r"loss is nan at step (\d+); stopped before updating "
-                       r"the weights, the last good state is .*resume.pt.*lower optim.lr") as err:
+                       r"the weights; the last good state is .*resume.pt, at step \d+ \(continue "
+                       r"with --resume\). Try a lower optim.lr") as err:
         trainer.fit(on_step=lambda step: before.update(trainer.model.trainable_state_dict()))
     step = int(err.value.args[0].split("step ")[1].split(";")[0])
     saved = torch.load(tmp_path / "resume.pt", weights_only=True)
@@ -207,6 +208,14 @@ def test_non_finite_loss_stops_with_the_last_good_state_intact(tmp_path):
     for name, value in trainer.model.trainable_state_dict().items():
         assert torch.isfinite(value).all()
         assert torch.equal(saved["model"][name], value)
+
+
+def test_non_finite_loss_before_any_save_names_no_missing_file(tmp_path):
+    cfg = tiny_config(str(tmp_path))  # saves at epoch ends only; clip 5 is in the first epoch
+    with pytest.raises(DivergedError, match=r"stopped before updating the weights; no state of "
+                                            r"this run was saved yet"):
+        Trainer(cfg, tiny_model(cfg), PoisonedClips(32, seed=0)).fit()
+    assert not (tmp_path / "resume.pt").exists()
 
 
 def test_few_shot_keeps_k_videos_per_class_reproducibly():
@@ -251,7 +260,15 @@ train: {{amp: off, work_dir: {tmp_path / 'run'}}}
     assert cli(["eval", "--checkpoint", str(best), "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "eval_val.json").read_text())
     assert metrics["num_videos"] == 13 and metrics["views"] == {"clips": 2, "crops": 1}
-    assert len(metrics["confusion_matrix"]) == 13
+    assert len(metrics["confusion_matrix"]) == 13 and metrics["skipped"] == {}
+
+    # An unreadable test video is left out and listed, never scored in another's place.
+    broken_val = tmp_path / "videos" / "val" / "00005.mp4"
+    broken_val.write_bytes(b"")
+    assert cli(["eval", "--checkpoint", str(best), "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "eval_val.json").read_text())
+    assert metrics["num_videos"] == 12 and list(metrics["skipped"]) == [str(broken_val)]
+    assert sum(map(sum, metrics["confusion_matrix"])) == 12
 
     capsys.readouterr()
     video = tmp_path / "videos" / "val" / "00000.mp4"

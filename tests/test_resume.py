@@ -17,7 +17,7 @@ from vidadapt.engine.checkpoint import atomic_write, load_resume_state
 from vidadapt.engine.data import EpochKeyed, EpochStream, ShardedSampler, make_loader
 from vidadapt.engine.logs import read_log
 from vidadapt.engine.trainer import Trainer
-from vidadapt.errors import CheckpointError
+from vidadapt.errors import CheckpointError, Interrupted
 
 HELPER = Path(__file__).with_name("tiny_training.py")
 # Dropout, drop-path and mixup all draw random numbers, so any RNG slip would show.
@@ -158,3 +158,62 @@ def test_one_loader_streams_the_epochs_in_order_and_tells_the_dataset_each_epoch
     batches = list(make_loader(EpochKeyed(EpochTagged()), stream, 3, num_workers, seed=5))
     got = [(int(e), int(i)) for b in batches for e, i in zip(b["epoch"], b["index"], strict=True)]
     assert got == expected
+
+
+def interrupt_at(step: int):
+    def on_step(done: int) -> None:
+        if done == step:
+            raise KeyboardInterrupt
+
+    return on_step
+
+
+def test_ctrl_c_ends_with_one_line_naming_the_state_to_resume_from(tmp_path):
+    cfg = tiny_config(str(tmp_path), train={"save_every_steps": 2})
+    with pytest.raises(Interrupted) as err:
+        Trainer(cfg, tiny_model(cfg), TemplateClips(32, seed=0)).fit(on_step=interrupt_at(3))
+    assert str(err.value) == (f"interrupted at step 3; the last good state is "
+                              f"{tmp_path / 'resume.pt'}, at step 2 (continue with --resume)")
+    assert load_resume_state(tmp_path / "resume.pt")["progress"]["step"] == 2
+
+
+def test_interrupted_before_any_save_says_nothing_was_saved(tmp_path):
+    cfg = tiny_config(str(tmp_path))
+    with pytest.raises(Interrupted, match=r"^interrupted at step 1; no state of this run was "
+                                          r"saved yet \(train.save_every_steps"):
+        Trainer(cfg, tiny_model(cfg), TemplateClips(32, seed=0)).fit(on_step=interrupt_at(1))
+
+
+def test_cli_reports_an_interrupt_in_one_line_with_status_130(monkeypatch, capsys):
+    from vidadapt import cli
+    from vidadapt.commands import check_data
+
+    def stopped(args):
+        raise Interrupted("interrupted at step 5; the last good state is r/resume.pt, at step 4")
+
+    monkeypatch.setattr(check_data, "run", stopped)
+    assert cli.main(["check-data", "x.txt"]) == 130
+    err = capsys.readouterr().err
+    assert err == ("vidadapt check-data: interrupted at step 5; the last good state is "
+                   "r/resume.pt, at step 4\n")
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 half of a zip archive"])
+def test_a_damaged_resume_state_is_one_line_without_torch_advice(tmp_path, content):
+    (tmp_path / "resume.pt").write_bytes(content)
+    cfg = tiny_config(str(tmp_path))
+    with pytest.raises(CheckpointError) as err:
+        Trainer(cfg, tiny_model(cfg), TemplateClips(8, seed=0)).fit(resume=True)
+    message = str(err.value)
+    assert "\n" not in message and "weights_only" not in message
+    assert message.startswith(f"cannot read resume state {tmp_path / 'resume.pt'} (")
+    assert message.endswith("delete it and start without --resume")
+
+
+def test_resuming_with_another_method_blames_the_method(tmp_path):
+    train_tiny(tiny_config(str(tmp_path)))
+    cfg = tiny_config(str(tmp_path))
+    cfg.model.method, cfg.method = "st_adapter", {}
+    with pytest.raises(CheckpointError, match=r"was trained with method aim, this run builds "
+                                              r"st_adapter; resume with --set model.method=aim"):
+        Trainer(cfg, tiny_model(cfg), TemplateClips(8, seed=0)).fit(resume=True)

@@ -8,7 +8,9 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import UserError
+from .errors import Interrupted, UserError
+
+INTERRUPTED = 130  # the shell's exit status for a process stopped by Ctrl-C (SIGINT)
 
 COMMANDS = [
     "info",
@@ -46,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.run(args) or 0)
+    except Interrupted as err:
+        print(f"vidadapt {args.command}: {err}", file=sys.stderr)
+        return INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"vidadapt {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     except UserError as err:
         print(f"vidadapt {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -201,6 +201,7 @@ def config_from_dict(
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(data, key, value)
+        origins.pop(key, None)  # origins are in the order the keys were set (_Where.latest)
         origins[key] = "--set"
     where = _Where(origins, default_origin)
     cfg = _build(ExperimentConfig, data, "", where)
@@ -254,7 +255,9 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[st
         _merge(merged, base_data)
         origins.update(base_origins)
     _merge(merged, data)
-    origins.update({key: str(path) for key in _leaf_keys(data)})
+    for key in _leaf_keys(data):  # in the order set: this file's keys after its bases'
+        origins.pop(key, None)
+        origins[key] = str(path)
     return merged, origins
 
 
@@ -301,6 +304,12 @@ class _Where:
                 return self.origins[key]
             key = key.rpartition(".")[0]
         return self.default
+
+    def latest(self, key: str) -> str:
+        """Where ``key`` or anything under it was set last: the likely culprit of an error
+        about the section as a whole (``--set data.transform.size=...`` over a recipe)."""
+        under = [k for k in self.origins if k == key or k.startswith(key + ".")]
+        return self.origins[under[-1]] if under else self(key)
 
 
 # ---- typed conversion -------------------------------------------------------------------------
@@ -392,7 +401,7 @@ def _check_transform(cfg: ExperimentConfig, where: _Where) -> None:
     try:
         cfg.data.transform.validate()
     except ConfigError as err:
-        raise ConfigError(f"{where('data.transform')}: {err}") from err
+        raise ConfigError(f"{where.latest('data.transform')}: {err}") from err
     size = cfg.data.transform.size
     if cfg.model.image_size is None:
         cfg.model.image_size = size
@@ -414,6 +423,9 @@ def _check_model(cfg: ExperimentConfig, where: _Where) -> None:
         )
     try:
         methods = parse_methods(cfg.model.method)
+    except ConfigError as err:
+        raise ConfigError(f"{where('model.method')}: model.method: {err}") from err
+    try:
         if len(methods) > 1:
             extra = sorted(set(cfg.method) - {m.name for m in methods})
             if extra:
@@ -425,7 +437,7 @@ def _check_model(cfg: ExperimentConfig, where: _Where) -> None:
             next(m for m in methods if m.name == name).make_config(options)
     except (ConfigError, ValueError, TypeError) as err:
         key = "method" if cfg.method else "model.method"
-        raise ConfigError(f"{where(key)}: {key}: {err}") from err
+        raise ConfigError(f"{where.latest(key)}: {key}: {err}") from err
 
 
 def _plain(value: Any) -> Any:

@@ -16,3 +16,7 @@ class DataError(UserError, ValueError):
 
 class ConfigError(UserError, ValueError):
     """A config key or value is wrong."""
+
+
+class Interrupted(UserError):
+    """The user stopped a run (Ctrl-C); the message says how to continue it."""

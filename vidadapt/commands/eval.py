@@ -24,7 +24,7 @@ from ..engine.build import build_dataset, build_model, resolve_data
 from ..engine.checkpoint import AdapterCheckpoint, load_adapter, read_adapter
 from ..engine.data import ShardedSampler, make_loader
 from ..engine.distributed import DistInfo, init_distributed, shutdown_distributed
-from ..engine.evaluate import classification_metrics, predict, write_metrics
+from ..engine.evaluate import classification_metrics, left_out, predict, write_metrics
 from ..engine.features import fit_without_training
 from ..engine.logs import setup_logging
 from ..engine.trainer import SUMMARY_KEYS, autocast_dtype
@@ -120,7 +120,9 @@ def evaluate(
     loader = make_loader(dataset, sampler, cfg.data.eval_batch_size, cfg.data.num_workers,
                          cfg.train.seed, pin_memory=dist.device.type == "cuda")
     scores = predict(model, loader, dist.device, amp_dtype, dist, progress=dist.is_main)
-    return classification_metrics(scores, dataset.classes)
+    metrics = classification_metrics(scores, dataset.classes)
+    metrics["skipped"] = left_out(dataset, metrics["num_videos"], dist)
+    return metrics
 
 
 def prepare_untrained(

@@ -18,7 +18,7 @@ from ..engine.distributed import default_device
 from ..engine.evaluate import view_average_probs
 from ..engine.logs import setup_logging
 from ..engine.trainer import autocast_dtype
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError
 
 NAME = "predict"
 HELP = "Print the top classes (with probabilities) of video files using an adapter checkpoint."
@@ -49,16 +49,14 @@ def run(args: argparse.Namespace) -> int:
 
     records = [VideoRecord(path, label=-1) for path in args.videos]  # labels are unknown
     views = (cfg.data.test_clips, cfg.data.transform.test_crops)
-    # No retries: a video that cannot be read is reported, never replaced by another one.
     dataset = video_dataset(cfg, Annotation(records, checkpoint.classes, "command line"),
-                            train=False, views=views, max_retries=0)
+                            train=False, views=views)
     amp = autocast_dtype(cfg.train.amp, device)
     unreadable = 0
     for index, path in enumerate(args.videos):
-        try:
-            video = dataset[index]["video"]  # [V, T, 3, H, W]
-        except DataError as err:
-            print(f"{path}: cannot read this video ({dataset.skipped().get(path, err)})")
+        video = dataset[index]["video"]  # [V, T, 3, H, W]; None: unreadable (never replaced)
+        if video is None:
+            print(f"{path}: cannot read this video ({dataset.skipped()[path]})")
             unreadable += 1
             continue
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):

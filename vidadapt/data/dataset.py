@@ -68,11 +68,15 @@ class SkipReport:
 
 def collate_samples(samples: Sequence[dict]) -> dict:
     """Batch samples of a ``VideoDataset`` (DataLoader ``collate_fn``): stacks videos, labels
-    and indices and joins the lists of skipped files, which the default collate cannot."""
+    and indices and joins the lists of skipped files, which the default collate cannot.
+    Evaluation samples whose video could not be read (``video`` None) are left out of the
+    batch; ``video`` is None when none was read."""
+    read = [s for s in samples if s["video"] is not None]
     return {
-        "video": torch.stack([s["video"] for s in samples]),  # [B, T, 3, H, W] / [B, V, T, 3, H, W]
-        "label": torch.tensor([s["label"] for s in samples]),  # [B]
-        "index": torch.tensor([s["index"] for s in samples]),  # [B]
+        # [B, T, 3, H, W] / [B, V, T, 3, H, W]
+        "video": torch.stack([s["video"] for s in read]) if read else None,
+        "label": torch.tensor([s["label"] for s in read], dtype=torch.long),  # [B]
+        "index": torch.tensor([s["index"] for s in read], dtype=torch.long),  # [B]
         "skipped": [skip for s in samples for skip in s["skipped"]],
     }
 
@@ -113,6 +117,10 @@ class VideoDataset(Dataset):
     in training and ``[V, T, 3, H, W]`` at test with V = clips x crops (the transform returns a
     list of crops at test); ``index`` is the requested index; ``skipped`` lists the
     ``(path, reason)`` of the bad files passed over to make this sample.
+
+    In training a file that fails is replaced by another sample (see below). At test
+    (``train=False``) it is not: the sample's ``video`` is None, so an evaluation scores only
+    what it could read and lists the rest (``collate_samples`` drops such samples).
 
     Sampling is deterministic given (seed, epoch, index): call ``set_epoch`` before each epoch,
     before the DataLoader iterator is made. The epoch lives in shared memory, so persistent
@@ -198,6 +206,9 @@ class VideoDataset(Dataset):
             except BadVideoError as err:
                 self.report.add(path, str(err))
                 skipped.append((path, self.report.reasons[path]))
+                if not self.train:  # an evaluation scores what it reads, nothing in its place
+                    return {"video": None, "label": record.label, "index": index,
+                            "skipped": skipped}
                 continue
             return {"video": video, "label": label, "index": index, "skipped": skipped}
         tried = "; ".join(f"{path} ({reason})" for path, reason in skipped)

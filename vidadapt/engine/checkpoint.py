@@ -215,4 +215,10 @@ def load_resume_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"cannot read resume state {path}: {err}") from err
+        # torch's message runs to many lines and suggests weights_only=False (running the
+        # file's code): never advice to pass on.
+        reason = "empty file" if path.stat().st_size == 0 else type(err).__name__
+        raise CheckpointError(
+            f"cannot read resume state {path} ({reason}): it is damaged (an interrupted copy?) "
+            "or not a vidadapt resume state; delete it and start without --resume"
+        ) from err

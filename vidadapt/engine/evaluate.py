@@ -60,6 +60,8 @@ def predict(
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     probs, labels, indices = [], [], []
     for batch in tqdm(batches, desc="eval", disable=not progress, leave=False):
+        if batch["video"] is None:  # no video of the batch could be read
+            continue
         video = batch["video"].to(device, non_blocking=True)
         with autocast:
             probs.append(view_average_probs(model, video).cpu())
@@ -73,6 +75,20 @@ def predict(
     all_probs, all_labels, all_indices = (torch.cat(parts) for parts in zip(*shards, strict=True))
     order = all_indices.argsort()
     return Scores(all_probs[order], all_labels[order], all_indices[order])
+
+
+def left_out(dataset: Any, scored: int, dist: DistInfo) -> dict[str, str]:
+    """The unreadable files an evaluation of ``dataset`` left out, from every rank (path →
+    reason), with one log line when there are any. ``scored``: the videos it did score."""
+    local = dataset.skipped() if hasattr(dataset, "skipped") else {}
+    skipped: dict[str, str] = {}
+    for part in all_gather_objects(local, dist):
+        skipped.update(part)
+    if skipped and dist.is_main:
+        logger.warning("scored %d of %d videos: %d unreadable one(s) left out, not replaced "
+                       "(listed under 'skipped' in the metrics file)",
+                       scored, scored + len(skipped), len(skipped))
+    return dict(sorted(skipped.items()))
 
 
 def classification_metrics(scores: Scores, classes: list[str]) -> dict[str, Any]:

@@ -130,6 +130,8 @@ def _encode_shard(
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     features, labels, indices = [], [], []
     for batch in batches:
+        if batch["video"] is None:  # no video of this test batch could be read
+            continue
         video = batch["video"].to(device, non_blocking=True)
         if video.ndim == 5:  # one view
             video = video.unsqueeze(1)  # [B, 1, T, 3, H, W]

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..config import ExperimentConfig
-from ..errors import CheckpointError, ConfigError, UserError
+from ..errors import CheckpointError, ConfigError, Interrupted, UserError
 from ..models import TunableModel
 from .checkpoint import (
     backbone_fingerprint,
@@ -52,7 +52,7 @@ from .data import (
     make_loader,
 )
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean
-from .evaluate import classification_metrics, predict, write_metrics
+from .evaluate import classification_metrics, left_out, predict, write_metrics
 from .features import FeatureSet, feature_datasets, trains_on_features
 from .logs import RunLogger
 from .mixup import mix_clips
@@ -173,6 +173,7 @@ class Trainer:
         self.progress = Progress()
         self.log = RunLogger(self.work_dir, enabled=False)
         self.val_loader: SkipReportingLoader | None = None  # see _val_loader
+        self.saved_step: int | None = None  # step of this run's last resume state on disk
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -198,12 +199,16 @@ class Trainer:
                         self.steps_per_epoch, self.work_dir)
         metrics = None
         batches = self._training_batches()
-        for epoch in range(self.progress.epoch, self.cfg.optim.epochs):
-            self._train_epoch(epoch, batches, on_step)
-            self.progress.epoch, self.progress.step_in_epoch = epoch + 1, 0
-            if self._validation_due(epoch):
-                metrics = self.validate()
-            self._save_resume_state()
+        try:
+            for epoch in range(self.progress.epoch, self.cfg.optim.epochs):
+                self._train_epoch(epoch, batches, on_step)
+                self.progress.epoch, self.progress.step_in_epoch = epoch + 1, 0
+                if self._validation_due(epoch):
+                    metrics = self.validate()
+                self._save_resume_state()
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted at step {self.progress.step}; "
+                              f"{self._last_good_state()}") from None
         if self.dist.is_main:
             self._save_adapter(LAST_FILE)
             if metrics is not None:
@@ -280,8 +285,8 @@ class Trainer:
             self.forward.zero_grad(self.optimizer)
             raise DivergedError(
                 f"loss is {loss} at step {self.progress.step + 1}; stopped before updating the "
-                f"weights, the last good state is {self.work_dir / RESUME_FILE} (continue with "
-                "--resume). Try a lower optim.lr, optim.grad_clip, or train.amp=bf16, not fp16"
+                f"weights; {self._last_good_state()}. Try a lower optim.lr, optim.grad_clip, or "
+                "train.amp=bf16, not fp16"
             )
         self._optimizer_step(lr)
         return loss
@@ -346,6 +351,7 @@ class Trainer:
         scores = predict(self.model, loader, self.device, self.amp_dtype, self.dist,
                          progress=self.dist.is_main)
         metrics = classification_metrics(scores, self.classes)
+        metrics["skipped"] = left_out(self.val_set, metrics["num_videos"], self.dist)
         summary = {k: metrics[k] for k in SUMMARY_KEYS}
         self.log.log("val", self.progress.step, epoch=self.progress.epoch, **summary)
         if self.dist.is_main:
@@ -391,6 +397,14 @@ class Trainer:
         save_adapter(self.work_dir / name, self.model, self.fingerprint, self.cfg.to_dict(),
                      self.classes, info)
 
+    def _last_good_state(self) -> str:
+        """Where a stopped run can continue from, for its last message."""
+        if self.saved_step is None:
+            return ("no state of this run was saved yet (train.save_every_steps: N saves one "
+                    "every N steps)")
+        return (f"the last good state is {self.work_dir / RESUME_FILE}, at step "
+                f"{self.saved_step} (continue with --resume)")
+
     def _save_resume_state(self) -> None:
         rngs = all_gather_objects(rng_state(), self.dist)  # every rank's own streams
         if not self.dist.is_main:
@@ -403,11 +417,20 @@ class Trainer:
             "progress": asdict(self.progress),
             "steps_per_epoch": self.steps_per_epoch,
             "fingerprint": self.fingerprint,
+            "method": self.model.spec.method,
         })
+        self.saved_step = self.progress.step
 
     def _load_resume_state(self) -> None:
         path = self.work_dir / RESUME_FILE
         state = load_resume_state(path)
+        method = state.get("method", self.model.spec.method)  # states before 0.x lack it
+        if method != self.model.spec.method:
+            raise CheckpointError(
+                f"{path} was trained with method {method}, this run builds "
+                f"{self.model.spec.method}; resume with --set model.method={method} (and its "
+                "method options), or start without --resume"
+            )
         if state["fingerprint"] != self.fingerprint:
             raise CheckpointError(
                 f"{path} was trained on backbone {state['fingerprint']}, this model's is "
@@ -429,6 +452,7 @@ class Trainer:
                            self.dist.world_size, len(state["rng"]))
             self._seed_training_rngs()
         self.progress = Progress(**state["progress"])
+        self.saved_step = self.progress.step
         if self.dist.is_main:
             logger.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1,
                         self.progress.step)
