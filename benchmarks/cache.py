@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from vidadapt.config import load_config
+from vidadapt.config import TrainConfig, load_config
 from vidadapt.engine.build import (
     build_dataset,
     build_model,
@@ -33,7 +33,6 @@ from vidadapt.engine.build import (
     resolve_data,
     synthetic_dir,
 )
-from vidadapt.engine.features import FEATURE_CACHE
 from vidadapt.engine.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
@@ -78,7 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # .cache/features starts empty here
         for method in args.methods:
-            shutil.rmtree(FEATURE_CACHE, ignore_errors=True)
+            shutil.rmtree(TrainConfig().feature_cache_dir, ignore_errors=True)
             results = {}
             for cache in ("off", "disk, empty", "disk, filled"):
                 results[cache] = run(method, cache, args.epochs, synthetic)

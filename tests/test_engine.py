@@ -262,6 +262,10 @@ train: {{amp: off, work_dir: {tmp_path / 'run'}}}
     assert metrics["num_videos"] == 13 and metrics["views"] == {"clips": 2, "crops": 1}
     assert len(metrics["confusion_matrix"]) == 13 and metrics["skipped"] == {}
 
+    # An --out that cannot be written stops before the evaluation, not after it.
+    assert cli(["eval", "--checkpoint", str(best), "--out", str(broken / "eval")]) == 2
+    assert "choose another --out" in capsys.readouterr().err
+
     # An unreadable test video is left out and listed, never scored in another's place.
     broken_val = tmp_path / "videos" / "val" / "00005.mp4"
     broken_val.write_bytes(b"")

@@ -155,7 +155,28 @@ def test_cache_keeps_the_skip_report(synthetic, tmp_path):
     val_set = build_dataset(cfg, "val", train=False)
     device = torch.device("cpu")
     encoded = cached_features(cfg, model, val_set, False, device, root=tmp_path / "cache")
-    assert list(encoded.skipped()) == [str(broken)] and encoded.features.shape == (13, 1, 128)
+    assert list(encoded.skipped()) == [str(broken)] and encoded.features.shape == (12, 1, 128)
     fresh_set = build_dataset(cfg, "val", train=False)  # a new run: nothing skipped yet
     read = cached_features(cfg, model, fresh_set, False, device, root=tmp_path / "cache")
     assert read.skipped() == encoded.skipped() and fresh_set.skipped() == {}
+
+
+@pytest.mark.parametrize("check", ["stat", "content"])
+def test_a_changed_video_is_encoded_again(synthetic, tmp_path, check):
+    copy = tmp_path / "videos"
+    shutil.copytree(synthetic, copy)
+    cfg = synthetic_config(copy)
+    cfg.train.feature_cache_check = check
+    cfg.train.feature_cache_dir = str(tmp_path / "cache")
+    torch.manual_seed(0)
+    model = create_model("linear", "vit_tiny", num_classes=13, num_frames=2, image_size=16)
+    counter = ClipCounter(model.backbone, frames=2)
+    device = torch.device("cpu")
+    first = cached_features(cfg, model, build_dataset(cfg, "val", train=False), False, device)
+    assert counter.clips == 1 + 13 and len(list((tmp_path / "cache").iterdir())) == 1
+    video = copy / "val" / "00004.mp4"
+    video.write_bytes(video.read_bytes()[:100])  # truncated in place (same name)
+    again = cached_features(cfg, model, build_dataset(cfg, "val", train=False), False, device)
+    assert counter.clips == 1 + 13 + 1 + 12  # encoded again (the broken one cannot be), not read
+    assert list(again.skipped()) == [str(video)] and again.features.shape[0] == 12
+    assert len(list((tmp_path / "cache").iterdir())) == 2 and first.features.shape[0] == 13

@@ -4,6 +4,7 @@ one; data order and loader workers are pure functions of (seed, epoch); saves ar
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from vidadapt.engine.checkpoint import atomic_write, load_resume_state
 from vidadapt.engine.data import EpochKeyed, EpochStream, ShardedSampler, make_loader
 from vidadapt.engine.logs import read_log
 from vidadapt.engine.trainer import Trainer
+from vidadapt.engine.workdir import WorkDirError, claim
 from vidadapt.errors import CheckpointError, Interrupted
 
 HELPER = Path(__file__).with_name("tiny_training.py")
@@ -217,3 +219,25 @@ def test_resuming_with_another_method_blames_the_method(tmp_path):
     with pytest.raises(CheckpointError, match=r"was trained with method aim, this run builds "
                                               r"st_adapter; resume with --set model.method=aim"):
         Trainer(cfg, tiny_model(cfg), TemplateClips(8, seed=0)).fit(resume=True)
+
+
+def test_one_run_per_work_dir(tmp_path):
+    with claim(tmp_path):
+        with pytest.raises(WorkDirError, match=rf"^{tmp_path} is in use by another run \(pid "
+                                               rf"{os.getpid()} on .+\); wait for it"):
+            with claim(tmp_path):
+                pass
+        cfg = tiny_config(str(tmp_path))
+        with pytest.raises(WorkDirError, match="is in use by another run"):
+            Trainer(cfg, tiny_model(cfg), TemplateClips(8, seed=0)).fit()
+        assert not (tmp_path / "log.jsonl").exists()
+    with claim(tmp_path):  # released with its run
+        pass
+
+
+def test_an_unwritable_work_dir_fails_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("")
+    cfg = tiny_config(str(tmp_path / "file" / "run"))
+    with pytest.raises(WorkDirError, match=r"^cannot write to .*file/run \(Not a directory\); "
+                                           r"choose another train.work_dir"):
+        Trainer(cfg, tiny_model(cfg), TemplateClips(8, seed=0)).fit()

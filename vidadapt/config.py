@@ -117,6 +117,9 @@ class TrainConfig:
     # .cache/features; "off" encodes every step (fresh augmentation every epoch)
     feature_views: int = 1  # augmented views per training video in the feature cache; epoch e
     # trains on view e % feature_views
+    feature_cache_dir: str = ".cache/features"  # where feature_cache: disk keeps its files
+    feature_cache_check: Literal["stat", "content"] = "stat"  # how a cached feature knows its
+    # video is unchanged: the file's size and modification time, or a hash of its bytes (slow)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from ..engine.evaluate import classification_metrics, left_out, predict, write_m
 from ..engine.features import fit_without_training
 from ..engine.logs import setup_logging
 from ..engine.trainer import SUMMARY_KEYS, autocast_dtype
+from ..engine.workdir import writable_dir
 from ..errors import ConfigError
 from ..models import TunableModel
 
@@ -76,10 +77,12 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(dist.is_main)
     try:
         cfg, checkpoint = config_and_checkpoint(args)
+        default_out = Path(args.checkpoint).parent if checkpoint else Path(cfg.train.work_dir)
+        out = Path(args.out) if args.out else default_out
+        if dist.is_main:  # before the evaluation, not after it: its results must land
+            writable_dir(out, "--out")
         metrics = evaluate_config(cfg, args.split, dist, checkpoint, args.checkpoint)
         if dist.is_main:
-            default_out = Path(args.checkpoint).parent if checkpoint else Path(cfg.train.work_dir)
-            out = Path(args.out) if args.out else default_out
             files = write_metrics(metrics, out, f"eval_{args.split}")
             print(json.dumps({k: metrics[k] for k in SUMMARY_KEYS}))
             logger.info("wrote %s", ", ".join(str(f) for f in files))

@@ -9,10 +9,12 @@ features ``[B, D]`` directly. Training keeps ``train.feature_views`` augmented v
 
 With ``train.feature_cache: off`` the model trains on videos as usual (a fresh augmentation
 every epoch). With ``train.feature_cache: disk`` the features are also written to
-``.cache/features/<key>.safetensors`` and reused by later runs. The key hashes everything a
-feature depends on: the dataset (records, classes), the sampler, the view (transform, seed,
-epochs or test views), the backbone fingerprint and the features of a fixed probe clip (which
-also catch a change of temporal pooling); a change of any gives another file.
+``<train.feature_cache_dir>/<key>.safetensors`` and reused by later runs. The key hashes
+everything a feature depends on: the dataset (records, classes, and each video file's size and
+modification time, or its content hash with ``train.feature_cache_check: content``), the
+sampler, the view (transform, seed, epochs or test views), the backbone fingerprint and the
+features of a fixed probe clip (which also catch a change of temporal pooling); a change of any
+gives another file, so a replaced or truncated video is encoded again.
 
 Mixup and CutMix mix pixels, so with them on the model trains on videos as usual.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,6 @@ from .distributed import DistInfo, all_gather_objects, barrier
 
 logger = logging.getLogger("vidadapt")
 
-FEATURE_CACHE = Path(".cache") / "features"  # where train.feature_cache: disk keeps features
 CACHE_FORMAT = "vidadapt-features/1"
 PROBE_SEED = 1234  # the probe clip whose features fingerprint the feature function
 
@@ -160,12 +162,31 @@ def probe_features(model: TunableModel, num_frames: int, image_size: int) -> Ten
     return features
 
 
-def cache_key(model: TunableModel, dataset: VideoDataset, epochs: list[int]) -> dict[str, Any]:
-    """Everything the features of ``dataset`` depend on (hashed into the cache file name)."""
-    records = hashlib.sha256(
-        json.dumps([(r.path, r.label, r.num_frames, r.start_index) for r in dataset.records])
-        .encode()
-    ).hexdigest()
+def file_identity(path: str, content: bool = False) -> str:
+    """What tells a changed file from the one whose features were cached: size and
+    modification time (of a frame folder: the folder's), or with ``content`` a hash of the
+    bytes; ``"missing"`` when there is no such file."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "missing"
+    if content and os.path.isfile(path):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def cache_key(model: TunableModel, dataset: VideoDataset, epochs: list[int],
+              content: bool = False) -> dict[str, Any]:
+    """Everything the features of ``dataset`` depend on (hashed into the cache file name),
+    the identity of every video file included (``file_identity``)."""
+    records = hashlib.sha256(json.dumps([
+        (r.path, r.label, r.num_frames, r.start_index, file_identity(dataset.path(r), content))
+        for r in dataset.records
+    ]).encode()).hexdigest()
     spec = model.spec
     probe = probe_features(model, spec.num_frames, spec.image_size)
     # Rounded so that last-bit noise between runs on one machine does not miss the cache.
@@ -198,14 +219,18 @@ def _read_cache(path: Path, key: dict[str, Any]) -> tuple[Tensor, Tensor, dict] 
 def cached_features(
     cfg: ExperimentConfig, model: TunableModel, dataset: Dataset, train: bool,
     device: torch.device, amp_dtype: torch.dtype | None = None, dist: DistInfo | None = None,
-    root: Path = FEATURE_CACHE,
+    root: Path | None = None,
 ) -> FeatureSet:
     """The features of ``dataset``'s views (``train.feature_views`` augmented views of a
-    training set, every test view of another), read from the disk cache when it has them,
-    else encoded and, with ``train.feature_cache: disk``, written there."""
+    training set, every test view of another), read from the disk cache (``root``, default
+    ``train.feature_cache_dir``) when it has them, else encoded and, with
+    ``train.feature_cache: disk``, written there."""
     dist = dist or DistInfo()
+    root = Path(cfg.train.feature_cache_dir) if root is None else root
     epochs = list(range(cfg.train.feature_views)) if train else [0]
-    key = cache_key(model, dataset, epochs) if isinstance(dataset, VideoDataset) else None
+    content = cfg.train.feature_cache_check == "content"
+    key = cache_key(model, dataset, epochs, content) if isinstance(dataset, VideoDataset) \
+        else None
     disk = key is not None and cfg.train.feature_cache == "disk"
     path = _cache_path(key, root) if disk else None
     found = _read_cache(path, key) if disk else None

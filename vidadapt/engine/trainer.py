@@ -57,6 +57,7 @@ from .features import FeatureSet, feature_datasets, trains_on_features
 from .logs import RunLogger
 from .mixup import mix_clips
 from .optim import build_optimizer, lr_factor, set_lr
+from .workdir import claim
 
 logger = logging.getLogger("vidadapt")
 
@@ -183,7 +184,12 @@ class Trainer:
         """Train to the last epoch (from the saved state when ``resume``); returns a summary.
 
         ``on_step(step)`` is called after every optimizer step (and any save at that step).
+        The work dir is held for the run (one run per work dir, see ``workdir.claim``).
         """
+        with claim(self.work_dir) if self.dist.is_main else nullcontext():
+            return self._fit(resume, on_step)
+
+    def _fit(self, resume: bool, on_step: Callable[[int], None] | None) -> dict[str, Any]:
         if resume:
             self._load_resume_state()
         else:
