@@ -1,13 +1,63 @@
-"""vidadapt: parameter-efficient image-to-video transfer learning on one ViT."""
+"""vidadapt: parameter-efficient image-to-video transfer learning on one ViT.
+
+The public API below is imported on first use (PEP 562), so ``import vidadapt`` and the
+``vidadapt`` command's ``--help`` do not load torch until something needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .backbones import ViT, ViTConfig, preset_config  # noqa: E402
-from .checkpoints import create_backbone, load_image_encoder  # noqa: E402
-from .clip.model import create_clip_model, load_clip  # noqa: E402
-from .clip.save import save_clip  # noqa: E402
+# name → the module that defines it
+_API = {
+    "ViT": ".backbones",
+    "ViTConfig": ".backbones",
+    "preset_config": ".backbones",
+    "create_backbone": ".checkpoints",
+    "load_image_encoder": ".checkpoints",
+    "create_model": ".models",
+    "VideoClassifier": ".models",
+    "ModelSpec": ".models",
+    "register_method": ".methods.registry",
+    "create_clip_model": ".clip.model",
+    "load_clip": ".clip.model",
+    "save_clip": ".clip.save",
+    "ExperimentConfig": ".config",
+    "load_config": ".config",
+    "config_from_dict": ".config",
+    "Trainer": ".engine.trainer",
+    "train_experiment": ".engine.experiment",
+}
 
-__all__ = [
-    "ViT", "ViTConfig", "__version__", "create_backbone", "create_clip_model", "load_clip",
-    "load_image_encoder", "preset_config", "save_clip",
+__all__ = [  # the names of _API (a test checks they agree)
+    "ExperimentConfig", "ModelSpec", "Trainer", "VideoClassifier", "ViT", "ViTConfig",
+    "__version__", "config_from_dict", "create_backbone", "create_clip_model", "create_model",
+    "load_clip", "load_config", "load_image_encoder", "preset_config", "register_method",
+    "save_clip", "train_experiment",
 ]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .backbones import ViT, ViTConfig, preset_config
+    from .checkpoints import create_backbone, load_image_encoder
+    from .clip.model import create_clip_model, load_clip
+    from .clip.save import save_clip
+    from .config import ExperimentConfig, config_from_dict, load_config
+    from .engine.experiment import train_experiment
+    from .engine.trainer import Trainer
+    from .methods.registry import register_method
+    from .models import ModelSpec, VideoClassifier, create_model
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'vidadapt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -27,9 +27,6 @@ from ..engine.trainer import autocast_dtype
 from ..errors import ConfigError
 from .eval import add_evaluation_arguments, config_and_checkpoint, evaluate, prepare_untrained
 
-NAME = "base-to-new"
-HELP = "Base-to-new generalisation of a CLIP method: base and new accuracy, harmonic mean."
-
 logger = logging.getLogger("vidadapt")
 
 

@@ -19,9 +19,6 @@ from tqdm import tqdm
 from ..data.annotations import FORMATS, Annotation, detect_format, load_annotation, write_annotation
 from ..data.dataset import check_record, default_reader
 
-NAME = "check-data"
-HELP = "Decode the first and last frames of every video of an annotation; list the bad ones."
-
 WRITABLE_FORMATS = ("list", "rawframes")  # what write_annotation can produce
 
 

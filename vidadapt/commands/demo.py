@@ -18,12 +18,6 @@ from ..engine.experiment import train_experiment
 from ..engine.logs import setup_logging
 from ..errors import UserError
 
-NAME = "demo"
-HELP = (
-    "Train linear probe, AIM S / S+T / S+T+J, ST-Adapter and full fine-tuning on the built-in "
-    "synthetic set and compare them."
-)
-
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
 
 # name → (recipe in configs/synthetic, overrides, label for the table)

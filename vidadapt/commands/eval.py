@@ -32,9 +32,6 @@ from ..engine.workdir import writable_dir
 from ..errors import ConfigError
 from ..models import TunableModel
 
-NAME = "eval"
-HELP = "Evaluate an adapter checkpoint with multi-view testing (clips x crops); metrics + plots."
-
 logger = logging.getLogger("vidadapt")
 
 

@@ -35,9 +35,6 @@ from ..methods import parse_methods
 from ..methods.lora import merged_state_dict
 from ..models import ModelSpec, VideoClassifier, create_model
 
-NAME = "export"
-HELP = "Write a standalone model (backbone + head + method weights, LoRA folded in) for serving."
-
 EXPORT_FORMAT = "vidadapt-model/1"
 PLAIN_METHOD = "linear"  # a model with no method modules: the plain ViT + head
 

@@ -28,9 +28,6 @@ from ..errors import ConfigError
 from ..methods import parse_methods
 from ..models import TunableModel, create_model
 
-NAME = "info"
-HELP = "Report total/tunable parameters (per part) and GFLOPs per view of a method on a backbone."
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, help="method name, or stacked methods 'a+b'")

@@ -6,9 +6,6 @@ import argparse
 
 from ..data.synthetic import CLASSES, make_synthetic
 
-NAME = "make-synthetic"
-HELP = "Write the synthetic demo video set (mp4 + train.txt/val.txt/classes.txt) to a folder."
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")

@@ -20,9 +20,6 @@ from ..engine.logs import setup_logging
 from ..engine.trainer import autocast_dtype
 from ..errors import CheckpointError
 
-NAME = "predict"
-HELP = "Print the top classes (with probabilities) of video files using an adapter checkpoint."
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")

@@ -14,9 +14,6 @@ from ..engine.distributed import init_distributed, shutdown_distributed
 from ..engine.experiment import train_experiment
 from ..engine.logs import setup_logging
 
-NAME = "train"
-HELP = "Train a model from a YAML recipe (GPUs: torchrun --nproc_per_node N -m vidadapt train)."
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML recipe, e.g. configs/aim/k400_vit_b16_8x16.yaml")
