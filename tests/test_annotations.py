@@ -2,6 +2,7 @@
 error messages (file and line)."""
 
 import json
+import logging
 import os
 
 import pytest
@@ -301,3 +302,46 @@ def test_detect_format(tmp_path):
         detect_format(bad)
     with pytest.raises(DataError, match="unknown annotation format 'xml'"):
         load_annotation(bad, format="xml")
+
+
+def test_kinetics_files_named_by_id_alone_or_with_other_extensions(tmp_path):
+    ann = write(tmp_path / "train.csv", KINETICS_CSV)
+    flat = tmp_path / "flat"
+    for name in ("abc.mkv", "xyz.mp4", "def.webm"):  # yt-dlp names, mixed containers
+        touch(flat / name)
+    assert [r.path for r in load_annotation(ann, root=flat).records] == [
+        str(flat / "abc.mkv"), str(flat / "xyz.mp4"), str(flat / "def.webm")]
+    per_class = tmp_path / "per_class"
+    touch(per_class / "riding_a_bike" / "abc_000010_000020.webm")
+    assert load_annotation(ann, root=per_class).records[0].path == str(
+        per_class / "riding_a_bike" / "abc_000010_000020.webm")
+
+
+def test_ssv2_videos_reencoded_as_mp4(tmp_path):
+    ann = write(tmp_path / "something-something-v2-train.json", json.dumps(SSV2_ITEMS))
+    write(tmp_path / "something-something-v2-labels.json", json.dumps(SSV2_LABELS))
+    touch(tmp_path / "videos" / "42.mp4")
+    touch(tmp_path / "videos" / "7.mp4")
+    records = load_annotation(ann, root=tmp_path / "videos").records
+    assert [r.path for r in records] == [str(tmp_path / "videos" / f"{i}.mp4") for i in (42, 7)]
+
+
+def test_when_no_video_matches_the_names_tried_are_shown(tmp_path, caplog):
+    ann = write(tmp_path / "train.csv", KINETICS_CSV)
+    (tmp_path / "videos").mkdir()
+    caplog.set_level(logging.WARNING, logger="vidadapt")
+    load_annotation(ann, root=tmp_path / "videos")
+    (message,) = [r.getMessage() for r in caplog.records]
+    videos = tmp_path / "videos"
+    assert message.startswith(f"{ann}: none of its 3 videos was found under {videos}")
+    for tried in ("riding a bike/abc_000010_000020.*", "riding_a_bike/abc.*", "/abc.*"):
+        assert tried in message
+
+
+def test_a_label_beyond_the_others_without_classes_file_warns(tmp_path, caplog):
+    ann = write(tmp_path / "train.txt", "a.mp4 0\nb.mp4 1\nc.mp4 5\n")
+    caplog.set_level(logging.WARNING, logger="vidadapt")
+    assert len(load_annotation(ann).classes) == 6
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"{ann}: the highest label is 5, so 6 classes, but 3 of them "
+                              "have no video (e.g. 2, 3, 4); with no classes.txt")

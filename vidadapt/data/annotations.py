@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ from ..errors import DataError
 FORMATS = ("list", "rawframes", "kinetics", "ssv2", "hmdb51", "ucf101", "folder")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 CLASSES_FILE = "classes.txt"
+
+logger = logging.getLogger("vidadapt")
 
 _HMDB_SPLIT_FILE = re.compile(r"^(?P<name>.+)_test_split(?P<split>\d+)\.txt$")
 _UCF_SPLIT_FILE = re.compile(r"^(train|test)list\d+\.txt$")
@@ -223,6 +226,13 @@ def _read_list(path: Path, root: str, classes: list[str] | None, rawframes: bool
     if classes is None:
         num_classes = max((r.label for r in records), default=-1) + 1
         classes = [f"class_{i}" for i in range(num_classes)]
+        unused = sorted(set(range(num_classes)) - {r.label for r in records})
+        if unused:  # a typo in one label silently makes a head of its size
+            logger.warning(
+                "%s: the highest label is %d, so %d classes, but %d of them have no video "
+                "(e.g. %s); with no %s beside the list the class count is the highest label + "
+                "1: add one if that is not what you meant", path, num_classes - 1, num_classes,
+                len(unused), ", ".join(map(str, unused[:5])), CLASSES_FILE)
     return Annotation(records, classes, str(path))
 
 
@@ -240,7 +250,7 @@ def _read_kinetics(path: Path, root: str, classes: list[str] | None) -> Annotati
     if classes is None:
         classes = sorted({row["label"] for row in rows})
     index = _index(classes)
-    entries = []  # (label, file name)
+    entries = []  # (label, the file's possible stems)
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         label = _lookup(index, row["label"], f"{path}:{number}")
         try:
@@ -249,33 +259,72 @@ def _read_kinetics(path: Path, root: str, classes: list[str] | None) -> Annotati
             raise DataError(
                 f"{path}:{number}: time_start/time_end must be numbers, got {row}"
             ) from None
-        entries.append((label, f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"))
-    layout = _kinetics_layout(root, [(classes[label], file) for label, file in entries])
-    records = [
-        VideoRecord(os.path.join(root, layout(classes[label], file)), label)
-        for label, file in entries
-    ]
+        # Downloaders name a clip with its time span, or by its YouTube id alone.
+        entries.append((label, (f"{row['youtube_id']}_{start:06d}_{end:06d}", row["youtube_id"])))
+    videos = _VideoFolders(root)
+    layout = videos.layout(path, [(classes[label], stems) for label, stems in entries], [
+        lambda name: name,  # one folder per class, named as the label
+        lambda name: name.replace(" ", "_"),  # ... or with underscores
+        lambda name: "",  # all in one folder
+    ])
+    records = [VideoRecord(videos.path(layout(classes[label]), stems), label)
+               for label, stems in entries]
     return Annotation(records, classes, str(path))
 
 
-def _kinetics_layout(root: str, entries: list[tuple[str, str]]):
-    """The folder layout of a Kinetics download, probed on the first video that exists.
+class _VideoFolders:
+    """Finds the files of a downloaded data set whose names the annotation fixes only up to the
+    folder layout, the naming pattern and the extension (``.mp4``, ``.webm``, ``.mkv``...).
 
-    Downloaders put videos in one folder per class (named as the label, or with spaces as
-    underscores) or all in one folder. Many videos are missing from every copy of Kinetics
-    (taken down from YouTube), so one file is not enough: probe until a video is found; if none
-    is, assume folders per class and let the dataset report the missing files.
+    Each folder is listed once (one ``scandir``, not a probe per file and extension), so a
+    240k-clip list resolves in seconds, and files of mixed extensions are found.
     """
-    layouts = [
-        lambda name, file: os.path.join(name, file),
-        lambda name, file: os.path.join(name.replace(" ", "_"), file),
-        lambda name, file: file,
-    ]
-    for name, file in entries:
-        for layout in layouts:
-            if os.path.exists(os.path.join(root, layout(name, file))):
-                return layout
-    return layouts[0]
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.listed: dict[str, dict[str, str]] = {}  # folder → {file stem: file name}
+
+    def _listing(self, folder: str) -> dict[str, str]:
+        if folder not in self.listed:
+            found: dict[str, str] = {}
+            try:
+                with os.scandir(os.path.join(self.root, folder)) as it:
+                    for entry in it:
+                        stem, ext = os.path.splitext(entry.name)
+                        if ext.lower() in VIDEO_EXTENSIONS:
+                            found.setdefault(stem, entry.name)
+            except OSError:  # no such folder
+                pass
+            self.listed[folder] = found
+        return self.listed[folder]
+
+    def find(self, folder: str, stems: Sequence[str]) -> str | None:
+        listing = self._listing(folder)
+        return next((listing[stem] for stem in stems if stem in listing), None)
+
+    def path(self, folder: str, stems: Sequence[str], default_ext: str = ".mp4") -> str:
+        """The file in ``folder`` named by the first of ``stems`` that exists, with whatever
+        video extension it has; else the first stem with ``default_ext`` (the data set then
+        reports it missing)."""
+        name = self.find(folder, stems) or stems[0] + default_ext
+        return os.path.join(self.root, folder, name)
+
+    def layout(self, source: Path, entries: list[tuple[str, Sequence[str]]], layouts: list):
+        """The first of ``layouts`` (class name → folder) under which a video of ``entries``
+        (class name, stems) exists. Many videos are missing from every copy of Kinetics, so
+        it probes until one is found; when none is, it says which names it tried."""
+        for name, stems in entries:
+            for layout in layouts:
+                if self.find(layout(name), stems):
+                    return layout
+        if entries:
+            name, stems = entries[0]
+            tried = ", ".join(os.path.join(self.root, layout(name), f"{stem}.*")
+                              for layout in layouts for stem in stems)
+            logger.warning("%s: none of its %d videos was found under %s (for the first one "
+                           "tried %s); set the data root to the folder that holds them",
+                           source, len(entries), self.root, tried)
+        return layouts[0]
 
 
 def _read_ssv2(
@@ -289,7 +338,7 @@ def _read_ssv2(
         label_ids = {name: int(i) for name, i in _read_json(labels_path).items()}
         classes = sorted(label_ids, key=label_ids.get)
     index = _index(classes)
-    records = []
+    entries = []
     for number, item in enumerate(items):
         if "template" not in item or "id" not in item:
             raise DataError(
@@ -297,8 +346,12 @@ def _read_ssv2(
                 "(the SSv2 test split carries no labels)"
             )
         template = item["template"].replace("[", "").replace("]", "")
-        label = _lookup(index, template, f"{path}: item {number} (id {item['id']})")
-        records.append(VideoRecord(os.path.join(root, f"{item['id']}.webm"), label))
+        entries.append((_lookup(index, template, f"{path}: item {number} (id {item['id']})"),
+                        str(item["id"])))
+    videos = _VideoFolders(root)  # .webm as released; re-encoded copies are often .mp4
+    videos.layout(path, [("", (video_id,)) for _, video_id in entries], [lambda name: ""])
+    records = [VideoRecord(videos.path("", (video_id,), default_ext=".webm"), label)
+               for label, video_id in entries]
     return Annotation(records, classes, str(path))
 
 
