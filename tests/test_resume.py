@@ -3,14 +3,17 @@ one; data order and loader workers are pure functions of (seed, epoch); saves ar
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from tiny_training import TemplateClips, tiny_config, tiny_model, train_tiny
 from torch.utils.data import Dataset
 
@@ -19,7 +22,7 @@ from vidadapt.engine.data import EpochKeyed, EpochStream, ShardedSampler, make_l
 from vidadapt.engine.logs import read_log
 from vidadapt.engine.trainer import Trainer
 from vidadapt.engine.workdir import WorkDirError, claim
-from vidadapt.errors import CheckpointError, Interrupted
+from vidadapt.errors import CheckpointError, Interrupted, StorageError
 
 HELPER = Path(__file__).with_name("tiny_training.py")
 # Dropout, drop-path and mixup all draw random numbers, so any RNG slip would show.
@@ -128,6 +131,31 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(path, dies_halfway)
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_space_left(tmp_path):
+    path = tmp_path / "best.safetensors"
+    atomic_write(path, lambda tmp: save_file({"w": torch.ones(2)}, tmp))
+
+    def disk_full(tmp: Path) -> None:
+        tmp.write_bytes(b"part of a checkp")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(StorageError, match=rf"^cannot write {path}: no space left on its disk "
+                                           r"\(\d+ MiB free\); free some space"):
+        atomic_write(path, disk_full)
+    assert torch.equal(load_file(path)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]
+
+
+def test_saved_files_are_readable_by_the_group(tmp_path):
+    """safetensors writes 0600 files; checkpoints and exports are shared on a cluster."""
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.safetensors", lambda tmp: save_file({"w": torch.ones(1)}, tmp))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.safetensors").st_mode) == 0o644
 
 
 class EpochTagged(Dataset):

@@ -20,3 +20,7 @@ class ConfigError(UserError, ValueError):
 
 class Interrupted(UserError):
     """The user stopped a run (Ctrl-C); the message says how to continue it."""
+
+
+class StorageError(UserError, OSError):
+    """A file could not be written (a full disk, a read-only folder...)."""

@@ -14,10 +14,12 @@ kill during a save leaves the previous file intact.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
 from .. import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, StorageError
 from ..models import ModelSpec, TunableModel
 
 ADAPTER_FORMAT = "vidadapt-adapter/1"
@@ -39,7 +41,12 @@ FINGERPRINT_SAMPLES = 64  # values read per frozen tensor: cheap, yet any other 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over
-    ``path`` (atomic on POSIX), so readers never see a half-written checkpoint."""
+    ``path`` (atomic on POSIX), so readers never see a half-written checkpoint.
+
+    The file gets the permissions of any new file (``0o666`` less the umask: readable by the
+    group), not safetensors' private ``0o600``. A full disk is one line naming the file and the
+    space left; the previous file at ``path``, if any, is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -47,7 +54,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise StorageError(
+            f"cannot write {path}: no space left on its disk ({free / 2**20:.0f} MiB free); "
+            "free some space or write elsewhere (the previous file, if any, is unchanged)"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -55,6 +71,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def backbone_fingerprint(model: nn.Module) -> str:
