@@ -62,3 +62,10 @@ def test_every_command_parses_its_own_arguments(command, capsys):
         cli.main([command, "--help"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: vidadapt {command}")
+
+
+def test_make_shows_pips_progress():
+    """The install step takes minutes on a fresh machine: pip must not be told to be quiet."""
+    makefile = (README.parent / "Makefile").read_text()
+    installs = [line for line in makefile.splitlines() if "pip install" in line]
+    assert installs and not any(re.search(r"\s-q\b|--quiet", line) for line in installs)

@@ -19,6 +19,7 @@ from vidadapt.data.dataset import SkipReport, VideoDataset, collate_samples
 from vidadapt.data.decode import RawFrameReader
 from vidadapt.data.sampling import DenseSampler, UniformSampler
 from vidadapt.data.transforms import TransformConfig, build_transform
+from vidadapt.engine.logs import LoggedProgress
 from vidadapt.errors import DataError
 
 
@@ -269,3 +270,13 @@ def test_check_data_bad_annotation_is_one_line_and_exit_2(tmp_path, capsys):
     broken.write_text("a.mp4 0\nb.mp4\n")
     assert main(["check-data", str(broken), "--format", "list"]) == 2
     assert "broken.txt:2: expected '<path> <label>'" in capsys.readouterr().err
+
+
+def test_logged_progress_gives_count_rate_and_time_left(vidadapt_log):
+    with LoggedProgress(4, "checking videos", "video", every=0.0) as bar:
+        bar.update(2)
+        bar.update(2)
+    assert re.fullmatch(r"checking videos: 2/4 video \(50%\), [\d.]+ video/s, \d+:\d\d left",
+                        vidadapt_log[0])
+    assert vidadapt_log[1].startswith("checking videos: 4/4 video (100%)")
+    assert vidadapt_log[1].endswith("0:00 left")

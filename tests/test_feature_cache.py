@@ -180,3 +180,16 @@ def test_a_changed_video_is_encoded_again(synthetic, tmp_path, check):
     assert counter.clips == 1 + 13 + 1 + 12  # encoded again (the broken one cannot be), not read
     assert list(again.skipped()) == [str(video)] and again.features.shape[0] == 12
     assert len(list((tmp_path / "cache").iterdir())) == 2 and first.features.shape[0] == 13
+
+
+def test_encoding_reports_progress_when_not_on_a_terminal(synthetic, tmp_path, vidadapt_log):
+    """Encoding K400 takes hours: without a terminal (CI, nohup) progress comes as log lines."""
+    cfg = synthetic_config(synthetic)
+    cfg.train.feature_cache_dir = str(tmp_path)
+    torch.manual_seed(0)
+    model = create_model("linear", "vit_tiny", num_classes=13, num_frames=2, image_size=16)
+    cached_features(cfg, model, build_dataset(cfg, "train", train=True), True,
+                    torch.device("cpu"))
+    progress = [line for line in vidadapt_log if line.startswith("encoding features")]
+    assert progress[-1].startswith("encoding features (view 2 of 2): 1/1 batch (100%), ")
+    assert progress[-1].endswith("0:00 left")

@@ -14,10 +14,9 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..data.annotations import FORMATS, Annotation, detect_format, load_annotation, write_annotation
 from ..data.dataset import check_record, default_reader
+from ..engine.logs import progress, setup_logging
 
 WRITABLE_FORMATS = ("list", "rawframes")  # what write_annotation can produce
 
@@ -38,11 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    setup_logging()  # progress lines when the output is not a terminal
     annotation = load_annotation(args.annotation, root=args.root, format=args.format)
     check = partial(check_record, reader=default_reader(annotation), min_frames=args.min_frames)
     records = annotation.records
     reasons: list[str | None] = []
-    with tqdm(total=len(records), desc="checking videos", unit="video", disable=None) as bar:
+    with progress(len(records), "checking videos", "video") as bar:
         for record, reason in zip(records, _map(check, records, args.workers), strict=True):
             if reason is not None:
                 bar.write(f"{record.path}: {reason}")

@@ -40,6 +40,7 @@ from ..models import TunableModel
 from .checkpoint import atomic_write, backbone_fingerprint
 from .data import ShardedSampler, make_loader
 from .distributed import DistInfo, all_gather_objects, barrier
+from .logs import progress
 
 logger = logging.getLogger("vidadapt")
 
@@ -113,7 +114,10 @@ def encode_views(
         sampler = ShardedSampler(len(dataset), shuffle=False, rank=dist.rank,
                                  world_size=dist.world_size)
         batches = make_loader(dataset, sampler, batch_size, num_workers, seed)
-        local = _encode_shard(model, batches, device, amp_dtype)
+        what = f"encoding features (view {epoch + 1} of {len(epochs)})" if len(epochs) > 1 \
+            else "encoding features"
+        with progress(len(batches), what, "batch", enabled=dist.is_main) as bar:
+            local = _encode_shard(model, batches, device, amp_dtype, bar)
         shards = [s for s in all_gather_objects(local, dist) if s is not None]
         features, labels, indices = (torch.cat(parts) for parts in zip(*shards, strict=True))
         order = indices.argsort()  # dataset order, whatever the number of ranks
@@ -125,13 +129,14 @@ def encode_views(
 
 
 def _encode_shard(
-    model: TunableModel, batches, device: torch.device, amp_dtype: torch.dtype | None
+    model: TunableModel, batches, device: torch.device, amp_dtype: torch.dtype | None, bar
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     """Features ``[n, V, D]``, labels ``[n, V]`` and dataset indices ``[n]`` of one rank's
     batches; None when it has none."""
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     features, labels, indices = [], [], []
     for batch in batches:
+        bar.update()
         if batch["video"] is None:  # no video of this test batch could be read
             continue
         video = batch["video"].to(device, non_blocking=True)

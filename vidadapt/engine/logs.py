@@ -1,4 +1,5 @@
-"""Run logs in the work dir: one JSON object per line (``log.jsonl``) and TensorBoard events.
+"""Run logs in the work dir: one JSON object per line (``log.jsonl``) and TensorBoard events;
+progress displays for long passes (``progress``).
 
 Only the main process writes; other ranks get a logger that does nothing, so call sites need
 no rank checks.
@@ -9,9 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 logger = logging.getLogger("vidadapt")
 
@@ -24,6 +28,60 @@ def setup_logging(is_main: bool = True) -> None:
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
+
+
+class LoggedProgress:
+    """tqdm's interface (``update``, ``write``, context manager) for output that is not a
+    terminal (CI logs, ``nohup``, a file): there a bar is hidden or one endless line, so this
+    logs the count, the rate and the time left every ``every`` seconds and at the end."""
+
+    def __init__(self, total: int, desc: str, unit: str, every: float = 30.0) -> None:
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            self._report(now)
+
+    def _report(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        logger.info("%s: %d/%d %s (%.0f%%), %.1f %s/s, %s left", self.desc, self.done,
+                    self.total, self.unit, 100 * self.done / max(self.total, 1), rate, self.unit,
+                    _duration(left))
+
+    def write(self, message: str) -> None:
+        print(message)  # like tqdm.write: results go to stdout, progress to the log
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LoggedProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress(total: int, desc: str, unit: str, enabled: bool = True):
+    """A progress display for a long pass: a tqdm bar (count, rate, ETA) on a terminal, log
+    lines elsewhere (``LoggedProgress``), nothing when not ``enabled``."""
+    if enabled and not sys.stderr.isatty():
+        return LoggedProgress(total, desc, unit)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
 
 
 class RunLogger:
