@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 import torch
 
 from vidadapt.clip.model import is_clip_method
-from vidadapt.config import ExperimentConfig, config_from_dict, load_config, parse_override
+from vidadapt.config import (
+    ExperimentConfig,
+    add_override_argument,
+    config_from_dict,
+    load_config,
+    parse_override,
+)
 from vidadapt.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from vidadapt.engine.build import build_model
 from vidadapt.errors import ConfigError
@@ -173,3 +180,16 @@ def test_errors_caused_by_an_override_name_set_not_the_recipe(tmp_path, override
     with pytest.raises(ConfigError) as err:
         load_config(recipe, [override])
     assert str(err.value).startswith(message)
+
+
+def test_cfg_options_is_an_alias_of_repeated_set(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_override_argument(parser)
+    args = parser.parse_args(["--set", "optim.lr=0.1", "--cfg-options", "optim.epochs=3",
+                              "data.batch_size=16", "--set", "optim.lr=0.2"])
+    assert args.overrides == ["optim.lr=0.1", "optim.epochs=3", "data.batch_size=16",
+                              "optim.lr=0.2"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim: {lr: 1.0e-3}\n")
+    cfg = load_config(recipe, args.overrides)
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.data.batch_size) == (0.2, 3, 16)

@@ -217,11 +217,24 @@ def config_from_dict(
     return cfg
 
 
+class _ExtendOverrides(argparse.Action):
+    """``--cfg-options k=v k2=v2``: several overrides after one flag, as mmaction2 takes them."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        getattr(namespace, self.dest).extend(values)
+
+
 def add_override_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--set KEY=VALUE`` option every command that reads a config takes."""
+    """The ``--set KEY=VALUE`` option every command that reads a config takes, and its
+    mmaction2-style alias ``--cfg-options KEY=VALUE [KEY=VALUE ...]``; both apply in order."""
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, read as YAML (repeatable): --set optim.lr=1e-3",
+    )
+    parser.add_argument(
+        "--cfg-options", dest="overrides", action=_ExtendOverrides, nargs="+",
+        metavar="KEY=VALUE", help="the same as repeated --set: --cfg-options optim.lr=1e-3 "
+                                  "data.batch_size=32",
     )
 
 
