@@ -2,7 +2,7 @@
 
 References are ``transformers`` models with seeded random weights. Their weights are re-laid out
 here the way each source stores them (OpenAI, open_clip, timm, DINOv2); this test code is written
-from the layouts in REFERENCE.md §1, independently of ``vidadapt.checkpoints.convert``.
+from the layouts in docs/methods.md, independently of ``vidadapt.checkpoints.convert``.
 """
 
 from __future__ import annotations

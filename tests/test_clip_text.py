@@ -3,7 +3,7 @@ on every file layout (OpenAI ``.pt``, open_clip safetensors, HF ``CLIPModel`` fo
 
 No vocabulary can be downloaded here, so the tokenizers share a small vocabulary learned from
 class-name prompts; the text towers are HF models with seeded random weights, re-laid out in
-this file the way OpenAI and open_clip store them (REFERENCE.md §1).
+this file the way OpenAI and open_clip store them (docs/methods.md).
 """
 
 from __future__ import annotations

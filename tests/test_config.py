@@ -23,7 +23,7 @@ from vidadapt.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts)
 
-# Tunable parameters of the recipes whose counts REFERENCE.md states (AIM: 36 adapters x
+# Tunable parameters of the recipes whose counts the papers state (AIM: 36 adapters x
 # 295,872 + head 307,600 + temporal embedding 6,144 + ln_post 1,536 for ViT-B/16 8 frames).
 EXPECTED_TUNABLE = {
     "aim/k400_vit_b16_8x16.yaml": 36 * 295_872 + 307_600 + 6_144 + 1_536,

@@ -99,7 +99,7 @@ def test_text_flops_are_per_class_set_except_cocoops(capsys):
 
 def test_clip_vit_b16_counts_match_clip_and_hf_xclip(capsys):
     zero_shot = info(capsys, "--method", "zero_shot")
-    # REFERENCE.md §1's text tower: token embedding [49408, 512], positions [77, 512], 12
+    # CLIP's text tower (docs/methods.md): token embedding [49408, 512], positions [77, 512], 12
     # blocks of width 512 (MLP 2048), ln_final, text_projection [512, 512].
     block = (512 * 3 * 512 + 3 * 512) + (512 * 512 + 512) + (512 * 2048 + 2048) \
         + (2048 * 512 + 512) + 2 * 2 * 512

@@ -117,7 +117,7 @@ def test_spatial_only_aim_ignores_frame_order():
     assert permuted_output_gap(model, torch.randn(2, T, 3, 32, 32)) < 1e-5
 
 
-# Counts for CLIP ViT-B/16 and ViT-L/14 (REFERENCE.md §2), built on the meta device (no memory).
+# Counts for CLIP ViT-B/16 and ViT-L/14 (docs/methods.md), built on the meta device (no memory).
 @pytest.mark.parametrize(
     "backbone, method, num_classes, options, tunable, total",
     [

@@ -3,7 +3,7 @@
 Every converter is a plain ``state_dict -> state_dict`` function: it keeps the image tower,
 renames it, drops the rest (text tower, classifier heads, training-only tokens) and leaves keys it
 does not know under their own name, so loading reports them as unexpected. ``infer_config`` then
-reads the architecture off the converted tensors. See REFERENCE.md §1 for the key map.
+reads the architecture off the converted tensors. docs/methods.md has the key map.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ CONVERTERS: dict[str, Callable[[StateDict], StateDict]] = {
     "dinov2": convert_dinov2,
 }
 
-# What the weights cannot show, per layout (REFERENCE.md §1). timm's CLIP ports default to
+# What the weights cannot show, per layout (docs/methods.md). timm's CLIP ports default to
 # QuickGELU because OpenAI's are the CLIP weights the video methods were published with; pass
 # act="gelu" for LAION / DataComp weights. DINOv2 is trained at 518 px but used at 224 px.
 LAYOUT_DEFAULTS: dict[str, dict] = {

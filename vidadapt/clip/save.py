@@ -4,7 +4,7 @@
     clip = load_clip("my_clip/")          # the same towers back
     CLIPModel.from_pretrained("my_clip/") # and Hugging Face reads it too
 
-The folder is the most portable of the layouts vidadapt reads (REFERENCE.md §1), so a CLIP
+The folder is the most portable of the layouts vidadapt reads (docs/methods.md), so a CLIP
 trained with vidadapt (``vidadapt.demo.pretrain_clip`` makes the synthetic one) opens anywhere.
 ``hf_clip_state_dict`` is the inverse of ``convert_hf_clip`` + ``convert_hf_text``.
 """

@@ -3,7 +3,7 @@
 Parameter names follow the ViT's (timm-style): ``token_embed`` (OpenAI ``token_embedding``),
 ``pos_embed`` ``[L, D]`` (``positional_embedding``), ``blocks.i.*`` (``transformer.resblocks.i``),
 ``norm`` (``ln_final``) and ``proj`` ``[D, E]`` (``text_projection``, applied as ``x @ proj``).
-``text_encoder_weights`` converts OpenAI / open_clip and Hugging Face CLIP files (REFERENCE.md §1).
+``text_encoder_weights`` converts OpenAI / open_clip and Hugging Face CLIP files (docs/methods.md).
 
 The sentence feature is the final-norm token at the end-of-text position, which is the largest
 token id of a sequence (OpenAI's convention; it has the largest id in CLIP's vocabulary).

@@ -1,6 +1,6 @@
 """Annotation files: which videos a split holds, their labels and the class names.
 
-Every supported format is read into one :class:`Annotation` (see REFERENCE.md §4):
+Every supported format is read into one :class:`Annotation` (see docs/methods.md):
 
 ============  ================================================================================
 ``list``      ``relative/path.mp4 label`` per line (mmaction2 video list; the label is the last

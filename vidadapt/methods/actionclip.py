@@ -8,7 +8,7 @@ transformer with a frame position embedding; all but the mean are residual), opt
 temporal shift of 1/8 of the patch-token channels forward and 1/8 backward before every block.
 Loss: symmetric KL divergence between the softmax of the batch's video-text similarities and
 the batch's ground-truth matrix (1 where two clips share a label). The official recipe also
-fine-tunes both towers (``tune_image_encoder`` / ``tune_text_encoder``) (REFERENCE.md §2).
+fine-tunes both towers (``tune_image_encoder`` / ``tune_text_encoder``) (docs/methods.md).
 
 Differences from the official code: a training step draws one template per class (the paper:
 per clip; the same whenever a batch holds each class once), so a tuned text tower encodes C

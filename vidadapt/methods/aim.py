@@ -1,6 +1,6 @@
 """AIM: Adapt Image Models for efficient video action recognition (Yang et al., ICLR 2023).
 
-Per block, in this order (REFERENCE.md §2, matching the official code):
+Per block, in this order (docs/methods.md, matching the official code):
 
 1. Temporal (T): attention runs across the T frames separately for every token position,
    through the block's *frozen* ``norm1`` and attention weights (``Attention.forward_frames``);

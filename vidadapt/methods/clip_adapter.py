@@ -1,5 +1,5 @@
 """CLIP-Adapter (Gao et al., IJCV 2023): a bottleneck MLP on the clip embedding, blended with
-the original, against frozen template-built class embeddings (REFERENCE.md §3)::
+the original, against frozen template-built class embeddings (docs/methods.md)::
 
     f' = ratio * ReLU(W2 ReLU(W1 f)) + (1 - ratio) * f      W1: E → E/reduction, no biases
 """

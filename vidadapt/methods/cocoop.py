@@ -3,7 +3,7 @@
 CoOp's shared context, shifted per clip: a meta-network ``Linear(E, E/16) → ReLU →
 Linear(E/16, D)`` maps the normalised clip embedding to one vector added to every context
 vector, so every clip gets its own class embeddings ``[B, C, E]``. Context and meta-network
-train; the text tower stays frozen (REFERENCE.md §3).
+train; the text tower stays frozen (docs/methods.md).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The words around the class name become learned vectors: a prompt is ``[SOT] [ctx
 [class name] . [EOT]`` in the token-embedding space, passed through the frozen text tower and
 read at the end token. The context is shared by all classes or one per class (CSC), starts
 from the embeddings of words (``ctx_init``) or N(0, 0.02), and the class name goes at the end,
-in the middle or at the front. Only the context trains (REFERENCE.md §3).
+in the middle or at the front. Only the context trains (docs/methods.md).
 """
 
 from __future__ import annotations

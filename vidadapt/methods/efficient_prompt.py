@@ -4,7 +4,7 @@ CLIP stays frozen. Text side: CoOp's prompt with the class name in the middle,
 ``[SOT] [p learned vectors] [class name] [q learned vectors] . [EOT]``, through the frozen text
 tower. Video side: the frame embeddings plus a learned temporal embedding go through a small
 transformer (1-2 of the ViT's own blocks) and are averaged over time. Logits are cosine
-similarities divided by a temperature of 0.07, trained with cross-entropy (REFERENCE.md §2).
+similarities divided by a temperature of 0.07, trained with cross-entropy (docs/methods.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The image backbone stays frozen and runs without autograd (no gradient ever passes through
 it). A light Transformer decoder reads the outputs of the last ``num_layers`` blocks: decoder
 layer ``i`` reads block ``L - num_layers + i``. Before a layer reads them, that block's frame
-tokens get three local temporal terms (REFERENCE.md §2, as in the official code):
+tokens get three local temporal terms (docs/methods.md, as in the official code):
 
 * a depthwise Conv1d over time (kernel 3), added to every token;
 * a learned temporal position embedding ``[T, D]`` (zero init), added to every token;

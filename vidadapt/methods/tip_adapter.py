@@ -2,7 +2,7 @@
 
 A key-value cache of the few-shot training set: keys are the L2-normalised clip embeddings
 (each video's augmented views normalised, averaged and normalised again), values their one-hot
-labels. Logits add the cache's vote to zero-shot CLIP's (REFERENCE.md §3)::
+labels. Logits add the cache's vote to zero-shot CLIP's (docs/methods.md)::
 
     logits = exp(logit_scale) f Wᵀ + alpha · exp(-beta (1 - f keysᵀ)) values
 

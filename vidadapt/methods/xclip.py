@@ -1,7 +1,7 @@
 """X-CLIP: Expanding Language-Image Pretrained Models for General Video Recognition
 (Ni et al., ECCV 2022).
 
-Three modules around CLIP (REFERENCE.md §2):
+Three modules around CLIP (docs/methods.md):
 
 * cross-frame communication in every image block: each frame's class token → Linear → a
   "message token"; the T messages of a clip attend to each other (LN → MHSA, residual); each
