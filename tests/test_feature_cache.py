@@ -193,3 +193,16 @@ def test_encoding_reports_progress_when_not_on_a_terminal(synthetic, tmp_path, v
     progress = [line for line in vidadapt_log if line.startswith("encoding features")]
     assert progress[-1].startswith("encoding features (view 2 of 2): 1/1 batch (100%), ")
     assert progress[-1].endswith("0:00 left")
+
+
+def test_the_reader_is_chosen_by_the_config_and_keys_the_cache(synthetic):
+    pytest.importorskip("decord")
+    cfg = synthetic_config(synthetic)
+    torch.manual_seed(0)
+    model = create_model("linear", "vit_tiny", num_classes=13, num_frames=2, image_size=16)
+    pyav = build_dataset(cfg, "val", train=False)
+    cfg.data.reader = "decord"
+    decord = build_dataset(cfg, "val", train=False)
+    assert type(pyav.reader).__name__ == "PyAVReader"
+    assert type(decord.reader).__name__ == "DecordReader"
+    assert cache_key(model, pyav, [0]) != cache_key(model, decord, [0])

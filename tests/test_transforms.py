@@ -67,6 +67,17 @@ def test_resize_short_side_and_antialias():
     assert small.min() >= 126 and small.max() <= 129
 
 
+@pytest.mark.parametrize("size", [(17, 23), (96, 80)])  # shrinking and enlarging
+def test_uint8_resize_is_within_one_grey_level_of_the_float_one(size):
+    clip = random_clip(3, 48, 64)
+    through_float = torch.nn.functional.interpolate(
+        clip.float(), size=size, mode="bilinear", antialias=True, align_corners=False,
+    ).round().clamp(0, 255)  # the earlier path
+    fast = resize(clip, *size)
+    assert fast.dtype == torch.uint8 and fast.shape == (3, 3, *size)
+    assert (fast.float() - through_float).abs().max() <= 1.0
+
+
 def test_random_resized_crop_uses_one_box_for_all_frames():
     clip = random_clip(5, 48, 64)
     out = RandomResizedCrop(32, area=(0.1, 0.6)).apply(clip, seeded(3))

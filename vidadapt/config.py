@@ -79,6 +79,8 @@ class DataConfig:
     eval_batch_size: int = 8  # videos per GPU per evaluation step (each with all its views)
     num_workers: int = 8  # loader processes per GPU
     cache_videos: bool = False  # keep decoded videos in memory (small sets read many times)
+    reader: Literal["pyav", "decord"] = "pyav"  # video decoder: PyAV (rotation, exact frame
+    # count; decodes only a clip's frames) or decord (pip install 'vidadapt[decord]')
     test_clips: int = 3  # temporal clips per video in `vidadapt eval` (1 during training);
     # spatial crops per clip are data.transform.test_crops
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # dataset: synthetic

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes checking videos (default: one per core; 0 = none)")
     parser.add_argument("--min-frames", type=int, default=1,
                         help="videos with fewer frames count as bad (default: 1)")
+    parser.add_argument("--reader", default="pyav", choices=("pyav", "decord"),
+                        help="the decoder training will use (data.reader; default: pyav)")
     parser.add_argument("--write-clean", metavar="OUT",
                         help="write the annotation without the bad files to OUT (list or "
                              "rawframes format; other formats are written as a video list)")
@@ -39,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging()  # progress lines when the output is not a terminal
     annotation = load_annotation(args.annotation, root=args.root, format=args.format)
-    check = partial(check_record, reader=default_reader(annotation), min_frames=args.min_frames)
+    check = partial(check_record, reader=default_reader(annotation, args.reader),
+                    min_frames=args.min_frames)
     records = annotation.records
     reasons: list[str | None] = []
     with progress(len(records), "checking videos", "video") as bar:

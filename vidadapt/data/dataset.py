@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from ..errors import DataError
 from .annotations import Annotation, VideoRecord
-from .decode import BadVideoError, PyAVReader, RawFrameReader, VideoReader
+from .decode import BadVideoError, DecordReader, PyAVReader, RawFrameReader, VideoReader
 from .sampling import FrameSampler
 
 logger = logging.getLogger(__name__)
@@ -101,13 +101,14 @@ def check_record(record: VideoRecord, reader: VideoReader, min_frames: int = 1) 
     return None
 
 
-def default_reader(annotation: Annotation) -> VideoReader:
-    """``RawFrameReader`` for raw-frame annotations, else ``PyAVReader``."""
+def default_reader(annotation: Annotation, video_reader: str = "pyav") -> VideoReader:
+    """``RawFrameReader`` for raw-frame annotations, else the video reader named
+    ``video_reader`` (``data.reader``): ``"pyav"`` (``PyAVReader``) or ``"decord"``."""
     records = annotation.records
     if records and records[0].num_frames is not None:
         # The raw-frame formats give every record of a file the same start index.
         return RawFrameReader(start_index=records[0].start_index)
-    return PyAVReader()
+    return DecordReader() if video_reader == "decord" else PyAVReader()
 
 
 class VideoDataset(Dataset):

@@ -177,7 +177,7 @@ def video_dataset(
     ``views`` = (clips, crops) test views per video."""
     clips, crops = (1, 1) if train else views
     transform = build_transform(replace(cfg.data.transform, test_crops=crops), train)
-    reader = default_reader(annotation)
+    reader = default_reader(annotation, cfg.data.reader)
     if cfg.data.cache_videos:
         reader = InMemoryReader(reader)
     return VideoDataset(annotation, frame_sampler(cfg, clips), transform, reader, train=train,
