@@ -77,8 +77,11 @@ def dataset(pipeline: str, paths: list[str]) -> VideoDataset:
 def clips_per_second(data: VideoDataset, workers: int, rounds: int) -> float:
     """Clips/s through a DataLoader with ``workers`` processes (0: in this process), the best
     of ``rounds`` passes over the set after one warm-up pass (worker start-up excluded)."""
+    # Workers come from a fresh forkserver: this process has decoded video (PyAV's threads),
+    # and a child forked from it can deadlock on a lock one of them held.
     loader = DataLoader(data, batch_size=1, num_workers=workers, collate_fn=collate_samples,
-                        persistent_workers=workers > 0)
+                        persistent_workers=workers > 0,
+                        multiprocessing_context="forkserver" if workers else None)
     best = 0.0
     for epoch in range(rounds + 1):
         data.set_epoch(epoch)
