@@ -413,7 +413,7 @@ def main() -> None:
                         default="ceiling,fused_check,train,graphs_check,inference,ops,profile,"
                                 "e2e,inference_compiled")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per variant")
-    parser.add_argument("--clips", type=int, default=192, help="end-to-end clips")
+    parser.add_argument("--clips", type=int, default=96, help="end-to-end clips")
     parser.add_argument("--workers", type=int, default=min(15, (os.cpu_count() or 2) - 1))
     parser.add_argument("--compile-after", type=float, default=240,
                         help="skip the torch.compile inference phase when the others took "
