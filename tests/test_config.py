@@ -189,6 +189,7 @@ def test_cfg_options_is_an_alias_of_repeated_set(tmp_path):
                               "data.batch_size=16", "--set", "optim.lr=0.2"])
     assert args.overrides == ["optim.lr=0.1", "optim.epochs=3", "data.batch_size=16",
                               "optim.lr=0.2"]
+    assert parser.parse_args([]).overrides == []  # the default list was not extended
     recipe = tmp_path / "r.yaml"
     recipe.write_text("optim: {lr: 1.0e-3}\n")
     cfg = load_config(recipe, args.overrides)

@@ -19,6 +19,7 @@ from vidadapt.data.dataset import SkipReport, VideoDataset, collate_samples
 from vidadapt.data.decode import RawFrameReader
 from vidadapt.data.sampling import DenseSampler, UniformSampler
 from vidadapt.data.transforms import TransformConfig, build_transform
+from vidadapt.engine.data import EpochKeyed, EpochStream, ShardedSampler, make_loader
 from vidadapt.engine.logs import LoggedProgress
 from vidadapt.errors import DataError
 
@@ -280,3 +281,18 @@ def test_logged_progress_gives_count_rate_and_time_left(vidadapt_log):
                         vidadapt_log[0])
     assert vidadapt_log[1].startswith("checking videos: 4/4 video (100%)")
     assert vidadapt_log[1].endswith("0:00 left")
+
+
+def test_streamed_epochs_sample_the_same_with_and_without_workers(good_videos):
+    """One loader over several epochs (the trainer's): each worker learns the epoch of the
+    item it reads, so the clips are those of a plain loop, however the workers interleave."""
+    dataset = VideoDataset(annotation(good_videos * 4), DenseSampler(4, interval=3), keep,
+                           seed=3)
+
+    def clips(num_workers):
+        sampler = ShardedSampler(len(dataset), shuffle=True, seed=1)
+        loader = make_loader(EpochKeyed(dataset), EpochStream(sampler, 0, 4), 2, num_workers,
+                             seed=1)
+        return [clip_numbers(v) for batch in loader for v in batch["video"]]
+
+    assert clips(3) == clips(0)

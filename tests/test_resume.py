@@ -133,13 +133,19 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
 
 
-def test_a_full_disk_is_one_line_naming_the_file_and_the_space_left(tmp_path):
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    # what safetensors' writer raises (torch.save's wraps it likewise)
+    RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                 "\"No space left on device\" })"),
+])
+def test_a_full_disk_is_one_line_naming_the_file_and_the_space_left(tmp_path, error):
     path = tmp_path / "best.safetensors"
     atomic_write(path, lambda tmp: save_file({"w": torch.ones(2)}, tmp))
 
     def disk_full(tmp: Path) -> None:
         tmp.write_bytes(b"part of a checkp")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error
 
     with pytest.raises(StorageError, match=rf"^cannot write {path}: no space left on its disk "
                                            r"\(\d+ MiB free\); free some space"):
@@ -269,3 +275,20 @@ def test_an_unwritable_work_dir_fails_before_any_work(tmp_path):
     with pytest.raises(WorkDirError, match=r"^cannot write to .*file/run \(Not a directory\); "
                                            r"choose another train.work_dir"):
         Trainer(cfg, tiny_model(cfg), TemplateClips(8, seed=0)).fit()
+
+
+def test_the_work_dir_is_free_again_after_a_run_with_persistent_workers(tmp_path):
+    """Validation workers persist between validations; they inherit the work dir's lock, so
+    they must end with the run, or a second run in this process would find the dir taken."""
+    cfg = tiny_config(str(tmp_path), data={"num_workers": 1})
+    trainer = Trainer(cfg, tiny_model(cfg), TemplateClips(16, seed=0), TemplateClips(6, seed=1),
+                      ["a", "b", "c"])
+    trainer.fit()
+    with claim(tmp_path):
+        pass
+
+
+def test_a_taken_work_dir_fails_before_any_feature_encoding(tmp_path):
+    cfg = tiny_config(str(tmp_path))
+    with claim(tmp_path), pytest.raises(WorkDirError, match="is in use by another run"):
+        Trainer(cfg, tiny_model(cfg), TemplateClips(8, seed=0))

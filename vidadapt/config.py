@@ -223,7 +223,7 @@ class _ExtendOverrides(argparse.Action):
     """``--cfg-options k=v k2=v2``: several overrides after one flag, as mmaction2 takes them."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        getattr(namespace, self.dest).extend(values)
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), *values])
 
 
 def add_override_argument(parser: argparse.ArgumentParser) -> None:
@@ -271,7 +271,9 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[st
     for base in [bases] if isinstance(bases, str) else bases:
         base_data, base_origins = _read_with_bases(path.parent / base, chain + (path.resolve(),))
         _merge(merged, base_data)
-        origins.update(base_origins)
+        for key, origin in base_origins.items():  # in the order set (see _Where.latest)
+            origins.pop(key, None)
+            origins[key] = origin
     _merge(merged, data)
     for key in _leaf_keys(data):  # in the order set: this file's keys after its bases'
         origins.pop(key, None)

@@ -77,6 +77,7 @@ class QuickGELU(torch.autograd.Function):
         return kernel(x) if kernel is not None else quick_gelu_reference(x)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the fused backward has no backward itself
     def backward(ctx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
         return quick_gelu_grad(grad, x)

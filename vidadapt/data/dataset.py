@@ -124,10 +124,10 @@ class VideoDataset(Dataset):
     what it could read and lists the rest (``collate_samples`` drops such samples).
 
     Sampling is deterministic given (seed, epoch, index): call ``set_epoch`` before each epoch,
-    before the DataLoader iterator is made. The epoch lives in shared memory, so persistent
-    loader workers (which keep their copy of the dataset across epochs) read the new one. A file
-    that fails is replaced by a random other sample, drawn from the same seed, up to
-    ``max_retries`` times before a DataError.
+    before the DataLoader iterator is made, or read through ``engine.data.EpochKeyed``, which
+    sets each worker's own copy to the epoch of the item it reads. A file that fails is
+    replaced by a random other sample, drawn from the same seed, up to ``max_retries`` times
+    before a DataError.
 
     Args:
         annotation: records and class names (``load_annotation``).
@@ -172,18 +172,14 @@ class VideoDataset(Dataset):
         self.seed = seed
         self.max_retries = max_retries
         self.min_frames = min_frames
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # see the class doc
+        self.epoch = 0
         self.report = SkipReport()
 
     def __len__(self) -> int:
         return len(self.records)
 
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
     def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(epoch)
+        self.epoch = epoch
 
     def skipped(self) -> dict[str, str]:
         """Every file skipped so far (path -> reason), as far as this process has heard."""

@@ -56,8 +56,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
+    except Exception as err:  # torch.save and safetensors wrap the OSError in their own types
+        if not disk_full(err):
             raise
         free = shutil.disk_usage(path.parent).free
         raise StorageError(
@@ -71,6 +71,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says the disk is full: an ``ENOSPC`` OSError, or the message torch's
+    and safetensors' writers turn it into."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(err) or "os error 28" in str(err)
 
 
 def current_umask() -> int:

@@ -83,7 +83,15 @@ class GraphedForward(TrainingForward):
         self.zero_grad()
         # The warm-up passes draw dropout masks: they must not move the training RNG streams.
         with torch.random.fork_rng(devices=[video.device]), self.autocast():
-            torch.cuda.make_graphed_callables(self.model, (video,))
+            try:
+                # allow_unused_input: a trainable parameter this forward does not reach
+                # (an option turned off) gets no gradient instead of stopping the capture.
+                torch.cuda.make_graphed_callables(self.model, (video,), allow_unused_input=True)
+            except RuntimeError as err:
+                raise ConfigError(
+                    f"train.compile: graphs could not capture this model's step ({err}); use "
+                    "train.compile: off"
+                ) from err
         self.capture_seconds = time.perf_counter() - start
         logger.info("captured the training forward and backward as CUDA graphs in %.1f s",
                     self.capture_seconds)

@@ -233,10 +233,9 @@ def cached_features(
     dist = dist or DistInfo()
     root = Path(cfg.train.feature_cache_dir) if root is None else root
     epochs = list(range(cfg.train.feature_views)) if train else [0]
+    disk = isinstance(dataset, VideoDataset) and cfg.train.feature_cache == "disk"
     content = cfg.train.feature_cache_check == "content"
-    key = cache_key(model, dataset, epochs, content) if isinstance(dataset, VideoDataset) \
-        else None
-    disk = key is not None and cfg.train.feature_cache == "disk"
+    key = cache_key(model, dataset, epochs, content) if disk else None
     path = _cache_path(key, root) if disk else None
     found = _read_cache(path, key) if disk else None
     if found is not None:

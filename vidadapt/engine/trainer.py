@@ -129,6 +129,9 @@ class Trainer:
         self.cfg, self.dist = cfg, dist or DistInfo()
         self.device = self.dist.device
         self.work_dir = Path(cfg.train.work_dir or "runs/default")
+        if self.dist.is_main:  # before any work (encoding features can take hours)
+            with claim(self.work_dir):
+                pass
         self.model = model.to(self.device)
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError(
@@ -187,7 +190,12 @@ class Trainer:
         The work dir is held for the run (one run per work dir, see ``workdir.claim``).
         """
         with claim(self.work_dir) if self.dist.is_main else nullcontext():
-            return self._fit(resume, on_step)
+            try:
+                return self._fit(resume, on_step)
+            finally:
+                # Persistent validation workers would outlive the run, holding the work dir's
+                # lock they inherited: end them with it.
+                self.val_loader = None
 
     def _fit(self, resume: bool, on_step: Callable[[int], None] | None) -> dict[str, Any]:
         if resume:

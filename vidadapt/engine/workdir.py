@@ -44,7 +44,10 @@ def writable_dir(path: str | os.PathLike, what: str) -> Path:
 
 @contextmanager
 def claim(work_dir: str | os.PathLike) -> Iterator[Path]:
-    """Hold ``work_dir`` for this run; another run's claim fails with one line naming it."""
+    """Hold ``work_dir`` for this run; another run's claim fails with one line naming it.
+
+    Processes forked while it is held (loader workers) share the lock: end them before the
+    claim ends, or the next claim in this process sees them as another run."""
     path = writable_dir(work_dir, "train.work_dir (--work-dir)")
     if fcntl is None:
         yield path
