@@ -118,7 +118,7 @@ def graphs_match_eager(shape: Shape, device: torch.device, steps: int = 4) -> di
     """The same AIM training (drop-path on) eager and from CUDA graphs: losses and weights."""
     from vidadapt.engine.compiled import training_forward
     from vidadapt.engine.optim import build_optimizer
-    from vidadapt.engine.trainer import autocast_dtype, classification_loss
+    from vidadapt.engine.trainer import autocast_dtype
 
     runs = {}
     for mode in ("off", "graphs"):
@@ -131,19 +131,15 @@ def graphs_match_eager(shape: Shape, device: torch.device, steps: int = 4) -> di
         optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)
         forward = training_forward(model, mode, autocast_dtype("bf16", device), False)
         data = torch.Generator(device=device).manual_seed(1)
+        video = torch.empty(shape.batch, shape.frames, 3, shape.image_size, shape.image_size,
+                            device=device)
+        labels = torch.empty(shape.batch, dtype=torch.long, device=device)
+        step = train_step.training_step(model, forward, optimizer, video, labels)
         losses = []
-        for _ in range(steps):
-            video = torch.randn(shape.batch, shape.frames, 3, shape.image_size, shape.image_size,
-                                device=device, generator=data)
-            labels = torch.randint(shape.num_classes, (shape.batch,), device=device,
-                                   generator=data)
-            with forward.autocast():
-                logits = forward(video)
-            loss = classification_loss(logits, labels, 0.0)
-            loss.backward()
-            optimizer.step()
-            forward.zero_grad(optimizer)
-            losses.append(loss.item())
+        for _ in range(steps):  # new data in the same tensors, as a loader would bring
+            video.normal_(generator=data)
+            labels.random_(shape.num_classes, generator=data)
+            losses.append(step().item())
         runs[mode] = (losses, [p.detach().clone() for p in model.parameters() if p.requires_grad])
     (eager_losses, eager_weights), (graph_losses, graph_weights) = runs["off"], runs["graphs"]
     result = {
@@ -234,23 +230,18 @@ def profile_step(name: str, shape: Shape, device: torch.device, top: int = 12) -
     variant ``name``."""
     from torch.profiler import ProfilerActivity, profile
 
+    from vidadapt.engine.compiled import training_forward
     from vidadapt.engine.optim import build_optimizer
-    from vidadapt.engine.trainer import autocast_dtype, classification_loss
+    from vidadapt.engine.trainer import autocast_dtype
 
     torch.manual_seed(0)
     model = train_step.build(train_step.VARIANTS[name], shape).to(device).train()
     optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05)
-    amp = autocast_dtype("bf16", device)
+    forward = training_forward(model, "off", autocast_dtype("bf16", device), False)
     video = torch.randn(shape.batch, shape.frames, 3, shape.image_size, shape.image_size,
                         device=device)
     labels = torch.randint(shape.num_classes, (shape.batch,), device=device)
-
-    def step():
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(video)
-        classification_loss(logits, labels, 0.0).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    step = train_step.training_step(model, forward, optimizer, video, labels)
 
     for _ in range(2):
         step()

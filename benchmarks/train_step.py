@@ -43,11 +43,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.optim import Optimizer
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidadapt.commands.info import measure
-from vidadapt.engine.compiled import CompileMode, GraphedForward, training_forward
+from vidadapt.engine.compiled import (
+    CompileMode,
+    GraphedForward,
+    TrainingForward,
+    training_forward,
+)
 from vidadapt.engine.optim import build_optimizer
 from vidadapt.engine.trainer import autocast_dtype, classification_loss
 from vidadapt.methods import METHODS
@@ -133,6 +140,23 @@ def cpu_tensor_peak_bytes(step: Callable[[], None]) -> int:
     return max(sum(point) for point in sizes)
 
 
+def training_step(model: VideoClassifier, forward: TrainingForward, optimizer: Optimizer,
+                  video: Tensor, labels: Tensor) -> Callable[[], Tensor]:
+    """One training step on ``video`` and ``labels`` as the trainer takes it (``forward``'s
+    autocast and gradient reset, loss, backward, optimizer); the function returns the loss."""
+
+    def step() -> Tensor:
+        with forward.autocast():
+            logits = forward(video)
+        loss = classification_loss(logits, labels, smoothing=0.0)
+        loss.backward()
+        optimizer.step()
+        forward.zero_grad(optimizer)
+        return loss.detach()
+
+    return step
+
+
 def worker(conn, variant: Variant, shape: Shape, device_name: str, mode: CompileMode) -> None:
     """Build once, then one timed training step per "step" message; "done" → report, exit.
     The step is the trainer's: ``train.compile`` ``mode``, its autocast and gradient reset.
@@ -159,13 +183,7 @@ def run_worker(conn, variant: Variant, shape: Shape, device_name: str, mode: Com
     conn.send({"tunable": counts["tunable"], "total": counts["total"],
                "gflops_per_view": per_view / 1e9, "train_gflops_per_step": per_step / 1e9})
 
-    def step() -> None:
-        with forward.autocast():
-            logits = forward(video)
-        classification_loss(logits, labels, smoothing=0.0).backward()
-        optimizer.step()
-        forward.zero_grad(optimizer)
-
+    step = training_step(model, forward, optimizer, video, labels)
     while conn.recv() == "step":
         start = time.perf_counter()
         step()

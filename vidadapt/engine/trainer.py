@@ -359,9 +359,7 @@ class Trainer:
         """Score the validation set (all ranks), log it and keep the best checkpoint."""
         if isinstance(self.val_set, FeatureSet):  # e.g. Tip-Adapter's alpha and beta
             self.model.select_hparams(self.val_set.features, self.val_set.labels[:, 0])
-        sampler = ShardedSampler(len(self.val_set), shuffle=False, rank=self.dist.rank,
-                                 world_size=self.dist.world_size)
-        loader = self._val_loader(sampler)
+        loader = self._val_loader()
         scores = predict(self.model, loader, self.device, self.amp_dtype, self.dist,
                          progress=self.dist.is_main)
         metrics = classification_metrics(scores, self.classes)
@@ -395,10 +393,12 @@ class Trainer:
         logger.warning("skipped %d unreadable file(s) (all listed in %s):\n%s",
                        len(skipped), path, first)
 
-    def _val_loader(self, sampler: ShardedSampler) -> SkipReportingLoader:
+    def _val_loader(self) -> SkipReportingLoader:
         """The validation loader, made at the first validation; its workers live on to the
-        next ones (``sampler`` is the same every time: validation is not shuffled)."""
+        next ones (validation is not shuffled: one sampler serves every epoch)."""
         if self.val_loader is None:
+            sampler = ShardedSampler(len(self.val_set), shuffle=False, rank=self.dist.rank,
+                                     world_size=self.dist.world_size)
             self.val_loader = make_loader(
                 self.val_set, sampler, self.cfg.data.eval_batch_size, self.cfg.data.num_workers,
                 self.cfg.train.seed, pin_memory=self.device.type == "cuda", persistent=True)
@@ -438,7 +438,7 @@ class Trainer:
     def _load_resume_state(self) -> None:
         path = self.work_dir / RESUME_FILE
         state = load_resume_state(path)
-        method = state.get("method", self.model.spec.method)  # states before 0.x lack it
+        method = state.get("method", self.model.spec.method)  # older states lack it
         if method != self.model.spec.method:
             raise CheckpointError(
                 f"{path} was trained with method {method}, this run builds "
