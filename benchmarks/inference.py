@@ -24,15 +24,15 @@ from pathlib import Path
 import torch
 from train_step import VARIANTS, Shape, build
 
-from vidadapt.commands.export import load_exported, save_exported
-from vidadapt.commands.info import measure
 from vidadapt.engine.trainer import autocast_dtype
-from vidadapt.models import VideoClassifier, create_model
+from vidadapt.export import load_exported, save_exported
+from vidadapt.models import VideoModel, create_model
+from vidadapt.report import measure
 
 DEFAULT = "linear,lora,lora_exported,aim_stj,st_adapter,vpt,prefix,adapter"
 
 
-def exported_lora(shape: Shape) -> VideoClassifier:
+def exported_lora(shape: Shape) -> VideoModel:
     """A LoRA model with non-zero updates, through the export file and back."""
     model = build(VARIANTS["lora"], shape)
     with torch.no_grad():
@@ -46,11 +46,11 @@ def exported_lora(shape: Shape) -> VideoClassifier:
     return exported
 
 
-def make(name: str, shape: Shape) -> VideoClassifier:
+def make(name: str, shape: Shape) -> VideoModel:
     return exported_lora(shape) if name == "lora_exported" else build(VARIANTS[name], shape)
 
 
-def forward_flops(model: VideoClassifier, shape: Shape) -> float:
+def forward_flops(model: VideoModel, shape: Shape) -> float:
     """FLOPs of one clip through ``model``'s architecture, rebuilt from its spec on meta."""
     spec = model.spec
     with torch.device("meta"):

@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 
 from vidadapt.commands.demo import RUNS as DEMO_RUNS
-from vidadapt.commands.eval import evaluate_config
-from vidadapt.commands.info import method_options, model_report
-from vidadapt.config import load_config
+from vidadapt.config import load_config, method_overrides
 from vidadapt.engine.distributed import DistInfo
+from vidadapt.engine.evaluation import evaluate_config
 from vidadapt.engine.experiment import train_experiment
 from vidadapt.engine.logs import setup_logging
+from vidadapt.report import model_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "synthetic"
@@ -109,7 +109,7 @@ def vit_b16_counts(recipe: str, overrides: list[str]) -> dict:
     """Parameters and FLOPs of the row's method on ViT-B/16, with the method's default options
     plus the variant's overrides (the synthetic recipe's widths suit a 4-block tiny ViT only)."""
     method = load_config(CONFIGS / recipe).model.method
-    options = method_options(overrides, [method])
+    options = method_overrides(overrides, [method])
     report = model_report(method, BACKBONE, NUM_CLASSES, FRAMES, IMAGE_SIZE, options=options)
     return {"tunable_params": report["tunable_params"], "total_params": report["total_params"],
             "gflops_per_view": round(report["gflops_per_view"], 1)}

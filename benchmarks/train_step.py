@@ -48,7 +48,6 @@ from torch.optim import Optimizer
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidadapt.commands.info import measure
 from vidadapt.engine.compiled import (
     CompileMode,
     GraphedForward,
@@ -57,15 +56,16 @@ from vidadapt.engine.compiled import (
 )
 from vidadapt.engine.optim import build_optimizer
 from vidadapt.engine.trainer import autocast_dtype, classification_loss
-from vidadapt.methods import METHODS
-from vidadapt.models import VideoClassifier, create_model
+from vidadapt.methods.registry import METHODS
+from vidadapt.models import VideoModel, create_model
+from vidadapt.report import measure
 
 
 @dataclass(frozen=True)
 class Variant:
     method: str  # registered method name
     options: dict[str, Any] = field(default_factory=dict)  # the method's config fields
-    checkpointing: bool | int = False  # ViTConfig.grad_checkpointing
+    checkpointing: bool | int = False  # ViT.set_grad_checkpointing
     # Every weight trains, the image model's included: full fine-tuning of the method's video
     # model (the papers' full-fine-tuning baseline is a video transformer, e.g. TimeSformer).
     tune_all: bool = False
@@ -102,10 +102,10 @@ class Shape:
     num_classes: int = 400
 
 
-def build(variant: Variant, shape: Shape) -> VideoClassifier:
+def build(variant: Variant, shape: Shape) -> VideoModel:
     model = create_model(variant.method, backbone=shape.backbone, num_classes=shape.num_classes,
                          num_frames=shape.frames, image_size=shape.image_size, **variant.options)
-    model.backbone.cfg.grad_checkpointing = variant.checkpointing
+    model.backbone.set_grad_checkpointing(variant.checkpointing)
     if variant.tune_all:
         model.requires_grad_(True)
     return model
@@ -140,7 +140,7 @@ def cpu_tensor_peak_bytes(step: Callable[[], None]) -> int:
     return max(sum(point) for point in sizes)
 
 
-def training_step(model: VideoClassifier, forward: TrainingForward, optimizer: Optimizer,
+def training_step(model: VideoModel, forward: TrainingForward, optimizer: Optimizer,
                   video: Tensor, labels: Tensor) -> Callable[[], Tensor]:
     """One training step on ``video`` and ``labels`` as the trainer takes it (``forward``'s
     autocast and gradient reset, loss, backward, optimizer); the function returns the loss."""

@@ -1,10 +1,8 @@
-"""Activation checkpointing (``ViTConfig.grad_checkpointing``): every mode gives the loss and
+"""Activation checkpointing (``ViT.set_grad_checkpointing``): every mode gives the loss and
 gradients of the plain model, recomputes only the blocks it names, stops a block's
 recomputation before a frozen fc2, and rejects bad values with a ConfigError."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
@@ -21,7 +19,8 @@ METHODS = {"full": {}, "aim": {}, "st_adapter": {}}  # AIM: temporal, spatial an
 
 def build(method: str, checkpointing: bool | int):
     torch.manual_seed(0)
-    vit = ViT(dataclasses.replace(TINY, grad_checkpointing=checkpointing))
+    vit = ViT(TINY)
+    vit.set_grad_checkpointing(checkpointing)
     model = create_model(method, backbone=vit, num_classes=5, num_frames=T, **METHODS[method])
     randomise_new_weights(model)
     return model.train()  # drop-path and dropout on: recomputation must replay their masks
@@ -75,15 +74,16 @@ def test_recomputation_covers_the_named_blocks_and_stops_before_a_frozen_fc2():
 
 @pytest.mark.parametrize("value, blocks", [(False, 0), (True, 2), (0, 0), (1, 1), (2, 2)])
 def test_number_of_checkpointed_blocks(value, blocks):
-    vit = ViT(dataclasses.replace(TINY, grad_checkpointing=value))
-    assert vit.num_checkpointed_blocks() == blocks
+    vit = ViT(TINY)
+    vit.set_grad_checkpointing(value)
+    assert vit.checkpointed_blocks == blocks
 
 
 @pytest.mark.parametrize("value", [3, -1, 1.5, "all", None])
 def test_bad_values_are_config_errors(value):
-    vit = ViT(dataclasses.replace(TINY, grad_checkpointing=value))
+    vit = ViT(TINY)
     with pytest.raises(ConfigError) as error:
-        vit(torch.randn(1, 3, 32, 32))
+        vit.set_grad_checkpointing(value)
     assert str(error.value) == (f"grad_checkpointing is {value!r}; use true, false or a number "
                                 "of blocks from 0 to 2")
 

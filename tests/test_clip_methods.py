@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vidadapt import ViT, ViTConfig, create_clip_model
+from vidadapt import ViT, ViTConfig
 from vidadapt.cli import main as cli
 from vidadapt.clip import ClipTokenizer, TextConfig, TextTransformer
-from vidadapt.clip.model import Clip
 from vidadapt.clip.protocols import base_new_split, class_subset, harmonic_mean
+from vidadapt.clip.towers import Clip
 from vidadapt.config import config_from_dict
 from vidadapt.data.annotations import Annotation, VideoRecord
 from vidadapt.data.synthetic import CLASSES as SYNTHETIC_CLASSES
@@ -60,8 +60,8 @@ def tiny_clip(tokenizer: ClipTokenizer, seed: int = 0) -> Clip:
 
 def clip_model(tokenizer, method: str, seed: int = 0, classes=CLASSES, **options):
     torch.manual_seed(seed)
-    return create_clip_model(method, classes, backbone=tiny_clip(tokenizer), num_frames=FRAMES,
-                             **options).eval()
+    return create_model(method, tiny_clip(tokenizer), classes=classes, num_frames=FRAMES,
+                        **options).eval()
 
 
 def videos(batch: int = 4, seed: int = 1) -> torch.Tensor:
@@ -134,19 +134,20 @@ def test_coop_from_words_starts_as_the_written_prompt(tokenizer, position, sente
     clip = tiny_clip(tokenizer)
     written = embed_texts(clip, [sentence.format(c.replace("_", " ")) for c in CLASSES])
     with torch.no_grad():
-        assert_close(model.prompts(model, None), written)
+        assert_close(model.head.prompts(model.head, None), written)
         video = videos()
         assert_logits_close(model(video), cosine_logits(clip_embedding(clip, video), written))
 
 
 def test_coop_trains_only_the_context(tokenizer):
     model = clip_model(tokenizer, "coop", n_ctx=4).train()
-    assert model.prompts.ctx.shape == (4, 32)
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["prompts.ctx"]
-    assert not model.text.training and not model.backbone.training  # frozen towers stay in eval
+    assert model.head.prompts.ctx.shape == (4, 32)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.prompts.ctx"]
+    # The frozen towers stay in eval.
+    assert not model.head.text.training and not model.backbone.training
     F.cross_entropy(model(videos()), torch.tensor([0, 1, 2, 3])).backward()
-    assert model.prompts.ctx.grad.abs().sum() > 0
-    assert all(p.grad is None for n, p in model.named_parameters() if n != "prompts.ctx")
+    assert model.head.prompts.ctx.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "head.prompts.ctx")
     assert model.parameter_counts() == {"coop": 4 * 32, "tunable": 4 * 32,
                                         "total": sum(p.numel() for p in model.parameters())}
 
@@ -154,7 +155,7 @@ def test_coop_trains_only_the_context(tokenizer):
 def test_prompts_longer_than_the_text_context_are_refused(tokenizer):
     longest = max(len(tokenizer.encode(f"{c.replace('_', ' ')}.")) for c in CLASSES)
     fits = CONTEXT - 2 - longest  # learned vectors that still fit beside SOT and EOT
-    assert clip_model(tokenizer, "coop", n_ctx=fits).prompts.ctx.shape == (fits, 32)
+    assert clip_model(tokenizer, "coop", n_ctx=fits).head.prompts.ctx.shape == (fits, 32)
     with pytest.raises(ConfigError, match=f"{fits + 1} learned vectors .* 16 tokens"):
         clip_model(tokenizer, "coop", n_ctx=fits + 1)
     with pytest.raises(ConfigError, match="does not fit the text tower's 16 tokens"):
@@ -163,11 +164,12 @@ def test_prompts_longer_than_the_text_context_are_refused(tokenizer):
 
 def test_coop_class_specific_context(tokenizer):
     model = clip_model(tokenizer, "coop", n_ctx=2, class_specific=True)
-    assert model.prompts.ctx.shape == (len(CLASSES), 2, 32)
+    assert model.head.prompts.ctx.shape == (len(CLASSES), 2, 32)
     with torch.no_grad():  # one class's context moves only that class's embedding
-        before = model.prompts(model, None)
-        model.prompts.ctx[1] += torch.randn(2, 32)  # (a constant shift is what LayerNorm removes)
-        after = model.prompts(model, None)
+        before = model.head.prompts(model.head, None)
+        # (A constant shift is what LayerNorm removes.)
+        model.head.prompts.ctx[1] += torch.randn(2, 32)
+        after = model.head.prompts(model.head, None)
     changed = (after - before).abs().amax(dim=1) > 1e-4
     assert changed.tolist() == [False, True, False, False, False]
     with pytest.raises(ConfigError, match="learned for 5 classes"):
@@ -176,12 +178,12 @@ def test_coop_class_specific_context(tokenizer):
 
 def test_cocoop_shifts_the_context_per_clip(tokenizer):
     model = clip_model(tokenizer, "cocoop", ctx_init="a video of")
-    net = model.prompts.meta_net
+    net = model.head.prompts.meta_net
     assert (net.linear1.in_features, net.linear1.out_features) == (EMBED, EMBED // 16)
     assert net.linear2.out_features == 32  # the text width
     clip, video = tiny_clip(tokenizer), videos()
     with torch.no_grad():
-        text = model.prompts(model, F.normalize(model.video_features(video), dim=-1))
+        text = model.head.prompts(model.head, F.normalize(model.video_features(video), dim=-1))
         assert text.shape == (4, len(CLASSES), EMBED)  # class embeddings per clip
         assert not torch.allclose(text[0], text[1])
         # With a silent meta-network it is CoOp: the written prompt for every clip.
@@ -190,9 +192,8 @@ def test_cocoop_shifts_the_context_per_clip(tokenizer):
         written = embed_texts(clip, [f"a video of {c.replace('_', ' ')}." for c in CLASSES])
         assert_logits_close(model(video), cosine_logits(clip_embedding(clip, video), written))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"prompts.ctx", "prompts.meta_net.linear1.weight",
-                         "prompts.meta_net.linear1.bias", "prompts.meta_net.linear2.weight",
-                         "prompts.meta_net.linear2.bias"}
+    assert trainable == {"head.prompts.ctx"} | {
+        f"head.prompts.meta_net.linear{i}.{kind}" for i in (1, 2) for kind in ("weight", "bias")}
 
 
 # ---- CLIP-Adapter and Tip-Adapter ------------------------------------------------------------
@@ -200,7 +201,7 @@ def test_cocoop_shifts_the_context_per_clip(tokenizer):
 
 def test_clip_adapter_blends_the_adapted_embedding(tokenizer):
     model = clip_model(tokenizer, "clip_adapter", templates=TEMPLATES, ratio=0.2, reduction=4)
-    down, up = model.adapter.fc[0], model.adapter.fc[2]
+    down, up = model.head.adapter.fc[0], model.head.adapter.fc[2]
     assert down.weight.shape == (EMBED // 4, EMBED) and down.bias is None and up.bias is None
     assert model.parameter_counts()["tunable"] == 2 * EMBED * EMBED // 4
     clip, video = tiny_clip(tokenizer), videos()
@@ -224,17 +225,17 @@ def test_tip_adapter_cache_and_logits(tokenizer):
     features, labels = clustered_features(10, views=3, seed=0)
     model.fit_features(features, labels)
     keys = F.normalize(F.normalize(features, dim=-1).mean(dim=1), dim=-1)
-    assert_close(model.cache.keys, keys)
-    assert torch.equal(model.cache.values, F.one_hot(labels[:, 0], len(CLASSES)).float())
-    assert not model.cache.keys.requires_grad and model.parameter_counts()["tunable"] == 0
+    assert_close(model.head.cache.keys, keys)
+    assert torch.equal(model.head.cache.values, F.one_hot(labels[:, 0], len(CLASSES)).float())
+    assert not model.head.cache.keys.requires_grad and model.parameter_counts()["tunable"] == 0
 
     clip, video = tiny_clip(tokenizer), videos()
     f = F.normalize(clip_embedding(clip, video), dim=-1)
-    cache = torch.exp(-3.0 * (1 - f @ keys.T)) @ model.cache.values
+    cache = torch.exp(-3.0 * (1 - f @ keys.T)) @ model.head.cache.values
     with torch.no_grad():
         assert_logits_close(model(video), cosine_logits(f, template_classifier(clip)) + 2.0 * cache)
-    assert set(model.trainable_state_dict()) == {"cache.keys", "cache.values", "cache.alpha",
-                                                 "cache.beta"}
+    assert set(model.trainable_state_dict()) == {
+        "head.cache.keys", "head.cache.values", "head.cache.alpha", "head.cache.beta"}
 
 
 def test_tip_adapter_search_picks_the_best_grid_point_on_validation(tokenizer):
@@ -246,8 +247,8 @@ def test_tip_adapter_search_picks_the_best_grid_point_on_validation(tokenizer):
     chosen = model.select_hparams(val, val_labels[:, 0])
 
     def top1(alpha, beta):
-        model.cache.alpha.fill_(alpha)
-        model.cache.beta.fill_(beta)
+        model.head.cache.alpha.fill_(alpha)
+        model.head.cache.beta.fill_(beta)
         with torch.no_grad():
             probs = model(val.flatten(0, 1)).softmax(dim=-1).view(15, 2, -1).mean(dim=1)
         return float((probs.argmax(dim=-1) == val_labels[:, 0]).double().mean() * 100)
@@ -263,13 +264,13 @@ def test_tip_adapter_f_trains_keys_and_the_cache_round_trips(tokenizer):
     model = clip_model(tokenizer, "tip_adapter", templates=TEMPLATES, finetune=True)
     with pytest.raises(RuntimeError, match="cache is empty"):
         model(videos())
-    keys = model.cache.keys
+    keys = model.head.cache.keys
     model.fit_features(*clustered_features(10, views=1, seed=0))
-    assert model.cache.keys is keys and keys.shape == (10, EMBED)  # an optimizer keeps it
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["cache.keys"]
+    assert model.head.cache.keys is keys and keys.shape == (10, EMBED)  # an optimizer keeps it
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.cache.keys"]
     with torch.no_grad():
         keys.add_(0.1)
-        model.cache.alpha.fill_(0.5)
+        model.head.cache.alpha.fill_(0.5)
     fresh = clip_model(tokenizer, "tip_adapter", templates=TEMPLATES, finetune=True)
     fresh.load_trainable_state_dict(model.trainable_state_dict())  # resizes the empty cache
     with torch.no_grad():
@@ -294,25 +295,27 @@ def test_base_to_new_split_and_new_class_names(tokenizer):
     written = embed_texts(tiny_clip(tokenizer), ["a video of new classes.",
                                                  "a video of shrinking."])
     with torch.no_grad():
-        assert_close(model.prompts(model, None), written)
+        assert_close(model.head.prompts(model.head, None), written)
     assert model(videos()).shape == (4, 2) and model.spec.num_classes == 2
     tip = clip_model(tokenizer, "tip_adapter", classes=CLASSES[:3], templates=TEMPLATES)
     with pytest.raises(ConfigError, match="Tip-Adapter cache"):
         tip.set_classes(["new classes"])
 
 
-def test_options_are_checked_and_video_models_refuse_clip_methods():
+def test_options_are_checked_and_a_text_head_needs_a_text_tower_and_class_names():
     with pytest.raises(ConfigError, match="class_position 'back'"):
-        create_clip_model("coop", CLASSES, class_position="back")
+        create_model("coop", classes=CLASSES, class_position="back")
     with pytest.raises(ConfigError, match="exactly one"):
-        create_clip_model("zero_shot", CLASSES, templates=["no placeholder"])
+        create_model("zero_shot", classes=CLASSES, templates=["no placeholder"])
     with pytest.raises(ConfigError, match="text 'clip'"):
-        create_clip_model("zero_shot", CLASSES, text="clip")
+        create_model("zero_shot", classes=CLASSES, text="clip")
     with pytest.raises(ConfigError, match="set model.pretrained"):
-        create_clip_model("coop", CLASSES, backbone="vit_tiny")
-    with pytest.raises(ConfigError, match="create_clip_model"):
-        create_model("coop", ViT(ViTConfig(image_size=16, patch_size=8, width=32, depth=1,
-                                           heads=2, mlp_dim=64)), num_classes=5)
+        create_model("coop", classes=CLASSES, backbone="vit_tiny")
+    bare = ViT(ViTConfig(image_size=16, patch_size=8, width=32, depth=1, heads=2, mlp_dim=64))
+    with pytest.raises(ConfigError, match="a text head needs CLIP's text tower"):
+        create_model("coop", bare, classes=CLASSES)
+    with pytest.raises(ConfigError, match="classifies with the class names: pass classes"):
+        create_model("coop", bare, num_classes=5)
 
 
 def test_config_builds_random_text_tower_and_checkpoint_round_trip(tmp_path):
@@ -322,14 +325,15 @@ def test_config_builds_random_text_tower_and_checkpoint_round_trip(tmp_path):
         "data": {"dataset": "synthetic", "transform": {"size": 32, "short_side": 32}},
     })
     model = build_model(cfg)  # the synthetic set's names, known before it is generated
-    assert model.classes[:2] == ["moving left", "moving right"] and len(model.classes) == 13
-    assert model.text.cfg.width == 64 and model.text.output_dim == model.backbone.width == 128
+    head = model.head
+    assert head.classes[:2] == ["moving left", "moving right"] and len(head.classes) == 13
+    assert head.text.cfg.width == 64 and head.text.output_dim == model.backbone.width == 128
     with torch.no_grad():
-        model.prompts.ctx.add_(1.0)
+        model.head.prompts.ctx.add_(1.0)
     path = tmp_path / "coop.safetensors"
-    save_adapter(path, model, backbone_fingerprint(model), cfg.to_dict(), model.classes)
+    save_adapter(path, model, backbone_fingerprint(model), cfg.to_dict(), model.head.classes)
     checkpoint = read_adapter(path)
-    assert list(checkpoint.state) == ["prompts.ctx"]  # the towers are not saved
+    assert list(checkpoint.state) == ["head.prompts.ctx"]  # the towers are not saved
     rebuilt = build_model(cfg, classes=checkpoint.classes)  # same seed: same random towers
     load_adapter(rebuilt, checkpoint)  # checks the fingerprint of both towers
     clip = torch.randn(1, 2, 3, 32, 32)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from vidadapt import create_backbone, create_clip_model, load_clip
+from vidadapt import create_backbone, create_model, load_clip
 from vidadapt.checkpoints import resolve_source
 from vidadapt.data.synthetic import CLASSES, NUM_TIME_CLASSES, ObjectTrack, SyntheticClips
 from vidadapt.demo.pretrain_clip import (
@@ -89,8 +89,8 @@ def test_zero_shot_on_videos_names_the_static_classes_by_their_shapes(clip):
     clips = SyntheticClips(130, frames=16, size=32, split="val")
     videos, labels = zip(*(clips[i] for i in range(len(clips))), strict=True)
     video = torch.stack(videos)[:, 2::4]  # [130, 4, 3, 32, 32]: the uniform sampler's frames
-    model = create_clip_model("zero_shot", CLASSES, backbone=clip, num_frames=4,
-                              templates=["a video of {}."]).eval()
+    model = create_model("zero_shot", clip, classes=CLASSES, num_frames=4,
+                         templates=["a video of {}."]).eval()
     with torch.no_grad():
         predicted = model(video).argmax(-1)  # [130]
     correct = predicted == torch.tensor(labels)

@@ -21,10 +21,10 @@ from torch import nn
 from vidadapt import load_clip
 from vidadapt.checkpoints import read_checkpoint
 from vidadapt.clip import ClipTokenizer, TextConfig, TextTransformer, learn_bpe
-from vidadapt.clip.model import load_text_encoder
 from vidadapt.clip.prompts import TEMPLATES
 from vidadapt.clip.save import save_clip
 from vidadapt.clip.tokenizer import CONTEXT_LENGTH, OPENAI_VOCAB_FILE
+from vidadapt.clip.towers import load_text_encoder
 from vidadapt.data.synthetic import CLASSES
 from vidadapt.errors import CheckpointError
 

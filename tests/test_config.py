@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidadapt.clip.model import is_clip_method
 from vidadapt.config import (
     ExperimentConfig,
     add_override_argument,
@@ -19,6 +18,7 @@ from vidadapt.config import (
 from vidadapt.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from vidadapt.engine.build import build_model
 from vidadapt.errors import ConfigError
+from vidadapt.methods.registry import parse_methods
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts)
@@ -41,7 +41,7 @@ def test_every_recipe_loads_and_builds_on_the_meta_device(recipe):
     cfg = load_config(recipe, ["model.pretrained=null"])
     synthetic = cfg.data.dataset == "synthetic"  # its head size comes from the generated set
     classes = None
-    if is_clip_method(cfg.model.method):
+    if any(m.classifies_with_text for m in parse_methods(cfg.model.method)):
         # The text tower comes from the CLIP file, which is not read here: a random one. Class
         # names come from the annotation, absent but for the synthetic set: stand-in names.
         cfg = load_config(recipe, ["model.pretrained=null", "method.text=random"])

@@ -12,10 +12,10 @@ from torch import nn
 
 from vidadapt import ViT, preset_config
 from vidadapt.backbones.vit import TokenLayout
-from vidadapt.commands.export import load_exported, save_exported
 from vidadapt.config import ExperimentConfig
 from vidadapt.engine.features import trains_on_features
 from vidadapt.errors import ConfigError
+from vidadapt.export import load_exported, save_exported
 from vidadapt.methods.evl import CrossFrameAttention, relative_offset_index
 from vidadapt.models import create_model
 
@@ -41,7 +41,7 @@ def randomise_zero_init(model: nn.Module) -> None:
 def decoder_inputs(model, video: torch.Tensor) -> list[torch.Tensor]:
     """The block outputs that the decoder receives in one forward."""
     seen = []
-    hook = model.video_head.register_forward_pre_hook(lambda _, args: seen.extend(args[0]))
+    hook = model.readout.register_forward_pre_hook(lambda _, args: seen.extend(args[0]))
     model(video)
     hook.remove()
     return seen
@@ -52,16 +52,16 @@ def test_shapes_and_the_blocks_the_decoder_reads():
     video = torch.randn(3, T, 3, 32, 32)
     assert model(video).shape == (3, 5)
     assert model.video_features(video).shape == (3, TINY.width)
-    assert model.video_head.layers == (0, 1)
-    assert build(num_layers=1).video_head.layers == (1,)  # the last block
+    assert model.readout.layers == (0, 1)
+    assert build(num_layers=1).readout.layers == (1,)  # the last block
     assert [x.shape for x in decoder_inputs(model, video)] == [(3 * T, 17, TINY.width)] * 2
 
 
 def test_only_decoder_and_head_train_and_no_graph_goes_through_the_backbone():
     model = build().train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("video_head.", "head.")) for n in trainable)
-    assert model.parameter_counts()["evl"] == sum(p.numel() for p in model.video_head.parameters())
+    assert trainable and all(n.startswith(("readout.", "head.")) for n in trainable)
+    assert model.parameter_counts()["evl"] == sum(p.numel() for p in model.readout.parameters())
     video = torch.randn(2, T, 3, 32, 32)
     inputs = decoder_inputs(model, video)
     assert inputs and not any(x.requires_grad for x in inputs)
@@ -138,7 +138,7 @@ def test_trainable_state_dict_round_trip():
     model = build()
     randomise_zero_init(model)
     state = copy.deepcopy(model.trainable_state_dict())
-    assert all(k.startswith(("video_head.", "head.")) for k in state)
+    assert all(k.startswith(("readout.", "head.")) for k in state)
     fresh = build(seed=5)
     fresh.backbone.load_state_dict(model.backbone.state_dict())  # same frozen weights
     fresh.load_trainable_state_dict(state)

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from vidadapt.cli import main as cli
-from vidadapt.commands.export import load_exported, save_exported, serving_spec
 from vidadapt.config import load_config
 from vidadapt.engine.build import build_model
 from vidadapt.engine.checkpoint import backbone_fingerprint, save_adapter
 from vidadapt.errors import CheckpointError
+from vidadapt.export import load_exported, save_exported, serving_spec
 from vidadapt.methods.lora import lora_layers
 from vidadapt.models import create_model
 

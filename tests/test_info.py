@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vidadapt.cli import main
-from vidadapt.clip.model import create_clip_model
-from vidadapt.commands.info import count_flops
+from vidadapt.models import create_model
+from vidadapt.report import count_flops
 
 CLIP_METHODS = ["zero_shot", "coop", "cocoop", "clip_adapter", "tip_adapter",
                 "efficient_prompt", "actionclip", "xclip"]
@@ -60,10 +60,10 @@ def test_bad_option_is_one_line(capsys):
 def test_clip_method_counts_match_the_model_built_on_cpu(capsys, method):
     report = info(capsys, "--method", method, *TINY)
     # No CLIP file has this image tower: the model a user runs has the random text tower.
-    model = create_clip_model(method, TINY_CLASSES, "vit_tiny", num_frames=4, text="random")
+    model = create_model(method, "vit_tiny", classes=TINY_CLASSES, num_frames=4, text="random")
     params = list(model.parameters())
     assert report["total_params"] == sum(p.numel() for p in params)
-    assert report["text_params"] == sum(p.numel() for p in model.text.parameters())
+    assert report["text_params"] == sum(p.numel() for p in model.head.text.parameters())
     tunable = sum(p.numel() for p in params if p.requires_grad)
     assert report["tunable_params"] == tunable
     assert report["tunable_by_part"] == {method: tunable}
@@ -72,13 +72,13 @@ def test_clip_method_counts_match_the_model_built_on_cpu(capsys, method):
 def test_tuned_towers_and_the_tip_adapter_cache(capsys):
     frozen = info(capsys, "--method", "xclip", *TINY)
     tuned = info(capsys, "--method", "xclip", *TINY, "--set", "method.tune_image_encoder=true")
-    model = create_clip_model("xclip", TINY_CLASSES, "vit_tiny", num_frames=4, text="random")
+    model = create_model("xclip", "vit_tiny", classes=TINY_CLASSES, num_frames=4, text="random")
     image_tower = sum(p.numel() for p in model.backbone.parameters() if not p.requires_grad)
     assert tuned["tunable_params"] == frozen["tunable_params"] + image_tower
     # Tip-Adapter-F trains the cache keys: one E-dimensional key per training video.
     tip = info(capsys, "--method", "tip_adapter", *TINY, "--shots", "3",
                "--set", "method.finetune=true")
-    assert tip["tunable_params"] == 3 * 5 * model.embed_dim
+    assert tip["tunable_params"] == 3 * 5 * model.head.embed_dim
 
 
 def test_text_flops_are_per_class_set_except_cocoops(capsys):
@@ -87,8 +87,8 @@ def test_text_flops_are_per_class_set_except_cocoops(capsys):
     )
     # On the meta device, as info counts: torch's CPU attention kernel has no FLOP formula.
     with torch.device("meta"):
-        model = create_clip_model("coop", TINY_CLASSES, "vit_tiny", num_frames=4, text="random")
-        _, prompt = count_flops(model.text, torch.zeros(1, 77, dtype=torch.long))  # one prompt
+        model = create_model("coop", "vit_tiny", classes=TINY_CLASSES, num_frames=4, text="random")
+        _, prompt = count_flops(model.head.text, torch.zeros(1, 77, dtype=torch.long))  # one prompt
     assert round(coop["text_gflops_per_class_set"] * 1e9) == 5 * prompt
     assert round(actionclip["text_gflops_per_class_set"] * 1e9) == 16 * 5 * prompt  # templates
     # CoCoOp's class embeddings depend on the clip: the text tower runs for every view.

@@ -52,7 +52,7 @@ def test_identity_at_init(name):
     image_model.eval()
     video = torch.randn(2, T, 3, 32, 32)
     frames = image_model(video.flatten(0, 1)).view(2, T, -1)  # the image model, frame by frame
-    torch.testing.assert_close(model.frame_features(video), frames, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.backbone(video), frames, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -91,7 +91,7 @@ def test_frozen_modules_stay_in_eval_mode():
     assert not model.backbone.blocks[0].attn.training
     assert not model.backbone.patch_embed.training
     assert model.backbone.blocks[0].pre_attn[0].training
-    assert model.dropout.training
+    assert model.head.dropout.training
 
 
 def permuted_output_gap(model, video):

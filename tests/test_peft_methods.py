@@ -6,7 +6,6 @@ ViT-B/16 counts."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import re
 
@@ -82,7 +81,7 @@ def test_identity_at_init(name):
     model = build(name).eval()
     video = video_clip()
     torch.testing.assert_close(
-        model.frame_features(video), image_model_features(model, video), atol=1e-5, rtol=1e-5
+        model.backbone(video), image_model_features(model, video), atol=1e-5, rtol=1e-5
     )
 
 
@@ -90,7 +89,7 @@ def test_identity_at_init(name):
 def test_prompts_and_prefixes_change_the_output(name):
     model = build(name, backbone=informative_vit()).eval()
     video = video_clip()
-    gap = (model.frame_features(video) - image_model_features(model, video)).abs().max()
+    gap = (model.backbone(video) - image_model_features(model, video)).abs().max()
     assert gap > 1e-2
 
 
@@ -103,7 +102,7 @@ def test_mam_adapter_part_is_identity_at_init():
     missing, unexpected = prefix_only.load_state_dict(mam.state_dict(), strict=False)
     assert not missing and all(".parallel_mlp." in k for k in unexpected)
     video = video_clip()
-    torch.testing.assert_close(mam.frame_features(video), prefix_only.frame_features(video))
+    torch.testing.assert_close(mam.backbone(video), prefix_only.backbone(video))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -140,7 +139,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(name):
     # inside them. Recomputation must not change a thing.
     plain = build(name).eval()
     randomise_new_weights(plain)
-    checkpointed = build(name, backbone=ViT(dataclasses.replace(TINY, grad_checkpointing=True)))
+    checkpointed = build(name)
+    checkpointed.backbone.set_grad_checkpointing(True)
     checkpointed.load_state_dict(plain.state_dict())
     video = video_clip()
     for model in (plain, checkpointed):
@@ -253,7 +253,7 @@ def test_deep_vpt_matches_a_layer_by_layer_reference():
             x[:, 1 : 1 + p] = vit.blocks[i].pre_attn[0].prompts
         x = block(x, layout)
     reference = plain.norm(x[:, 0]).view(2, T, -1)
-    torch.testing.assert_close(model.frame_features(video), reference)
+    torch.testing.assert_close(model.backbone(video), reference)
 
 
 def test_vpt_treats_every_frame_alone():
@@ -261,8 +261,8 @@ def test_vpt_treats_every_frame_alone():
     # on the other frames of its video.
     model = build("vpt_deep").eval()
     video = video_clip()
-    alone = model.frame_features(video.flatten(0, 1).unsqueeze(1))  # [B*T, 1, D]
-    torch.testing.assert_close(model.frame_features(video), alone.view(2, T, -1))
+    alone = model.backbone(video.flatten(0, 1).unsqueeze(1))  # [B*T, 1, D]
+    torch.testing.assert_close(model.backbone(video), alone.view(2, T, -1))
 
 
 def test_vpt_dropout_and_frozen_encoder_in_eval_mode():
@@ -376,7 +376,7 @@ def test_merged_state_dict_is_a_plain_vit():
     assert weights.keys() == plain.state_dict().keys()
     plain.load_state_dict(weights)
     video = video_clip()
-    expected = model.frame_features(video)
+    expected = model.backbone(video)
     torch.testing.assert_close(plain(video.flatten(0, 1)).view(2, T, -1), expected)
     # The model itself is unchanged, and a merged model exports the same weights.
     assert not any(m.merged for m in model.modules() if isinstance(m, LoRALinear))

@@ -22,11 +22,11 @@ from test_clip_methods import (
     videos,
 )
 
-from vidadapt import ViT, ViTConfig, create_clip_model
+from vidadapt import ViT, ViTConfig, create_model
 from vidadapt.backbones.vit import TokenLayout, quick_gelu
 from vidadapt.clip import TEMPLATES as TEMPLATES_BY_NAME
 from vidadapt.clip import ClipTokenizer, TextConfig, TextTransformer
-from vidadapt.clip.model import Clip
+from vidadapt.clip.towers import Clip
 from vidadapt.config import config_from_dict, load_config
 from vidadapt.engine.build import build_model
 from vidadapt.engine.optim import lr_multiplier
@@ -86,10 +86,10 @@ def efficient_prompt(tokenizer, **options):
 def test_efficient_prompt_logits_equal_a_hand_written_reference(tokenizer):
     model = efficient_prompt(tokenizer)
     with torch.no_grad():  # move the learned parts away from their init
-        model.prompts.ctx.normal_(std=0.5)
+        model.head.prompts.ctx.normal_(std=0.5)
         model.temporal.temporal_embed.normal_(std=0.5)
     clip, video = tiny_clip(tokenizer), videos()
-    ctx, temporal = model.prompts.ctx, model.temporal
+    ctx, temporal = model.head.prompts.ctx, model.temporal
     with torch.no_grad():
         text = torch.cat([
             clip.text.encode_embeddings(*middle_prompt_embeddings(clip, ctx, 2, name))
@@ -103,16 +103,16 @@ def test_efficient_prompt_logits_equal_a_hand_written_reference(tokenizer):
         assert_close(model(video) * 0.07, expected * 0.07)  # as cosines
         # The engine's cached-feature path: frozen frame embeddings in, same logits out.
         features = model.video_features(video)
-        assert features.shape == (4, FRAMES * EMBED)
+        assert features.shape == (4, FRAMES, EMBED)  # frame embeddings: the fusion trains
         assert_close(model(features) * 0.07, expected * 0.07)
 
 
 def test_efficient_prompt_trains_only_the_prompts_and_the_temporal_transformer(tokenizer):
     model = efficient_prompt(tokenizer, temporal_layers=2).train()
     tuned = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert tuned[0] == "prompts.ctx" and model.prompts.ctx.shape == (5, 32)
-    assert all(n.startswith("temporal.") for n in tuned[1:])
-    assert not model.text.training and not model.backbone.training
+    assert tuned[-1] == "head.prompts.ctx" and model.head.prompts.ctx.shape == (5, 32)
+    assert all(n.startswith("temporal.") for n in tuned[:-1])
+    assert not model.head.text.training and not model.backbone.training
     F.cross_entropy(model(videos()), torch.tensor([0, 1, 2, 3])).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0
                for n, p in model.named_parameters() if n in tuned)
@@ -122,7 +122,7 @@ def test_efficient_prompt_trains_only_the_prompts_and_the_temporal_transformer(t
     expected = 5 * 32 + FRAMES * 32 + 2 * block
     assert model.parameter_counts() == {"efficient_prompt": expected, "tunable": expected,
                                         "total": sum(p.numel() for p in model.parameters())}
-    assert model.logit_scale.exp().item() == pytest.approx(1 / 0.07)
+    assert model.head.logit_scale.exp().item() == pytest.approx(1 / 0.07)
 
 
 def test_efficient_prompt_depends_on_frame_order(tokenizer):
@@ -212,7 +212,7 @@ def test_actionclip_trains_on_one_random_template_per_class(tokenizer):
     text = template_embeddings(clip)  # [K, C, E]
     model = actionclip(tokenizer).train()
     torch.manual_seed(0)
-    drawn = model.prompts(model, None)  # [C, E]
+    drawn = model.head.prompts(model.head, None)  # [C, E]
     for c in range(len(CLASSES)):  # each class's embedding is one of its templates'
         distances = (text[:, c] - drawn[c]).abs().amax(dim=-1)  # [K]
         assert distances.min() < 1e-5
@@ -275,16 +275,16 @@ def test_actionclip_tunes_the_encoders_when_asked(tokenizer):
                        tune_text_encoder=True).train()
     counts = model.parameter_counts()
     towers = sum(p.numel() for p in model.backbone.parameters()) + sum(
-        p.numel() for p in model.text.parameters())
+        p.numel() for p in model.head.text.parameters())
     assert counts["actionclip"] == counts["tunable"] == towers + EMBED * 3
     model.loss_fn(model(videos()), torch.tensor([0, 1, 2, 3])).backward()
-    assert model.text.token_embed.weight.grad.abs().sum() > 0  # texts encoded with gradients
+    assert model.head.text.token_embed.weight.grad.abs().sum() > 0  # texts encoded with gradients
     assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
     with torch.no_grad():
-        model.text.proj.mul_(-1.0)  # the tuned tower moved: evaluation re-embeds the templates
+        model.head.text.proj.mul_(-1.0)  # the tuned tower moved: evaluation re-embeds the templates
     model.eval()
     clip = tiny_clip(tokenizer)
-    clip.text.load_state_dict(model.text.state_dict())
+    clip.text.load_state_dict(model.head.text.state_dict())
     with torch.no_grad():
         video = videos()
         expected = softmax_over_templates(model.temporal(model.backbone.encode(video)),
@@ -341,7 +341,7 @@ def test_the_trainer_uses_actionclip_loss_on_cached_frame_embeddings(tokenizer, 
     model.loss_fn = recording_loss
     before = model.temporal.conv.weight.clone()
     trainer = Trainer(cfg, model, LabelledClips(8))
-    assert trainer.train_set.features.shape == (8, 1, FRAMES * EMBED)  # frame embeddings
+    assert trainer.train_set.features.shape == (8, 1, FRAMES, EMBED)  # frame embeddings
     trainer.fit()
     assert [shape for shape, _ in calls] == [(4, len(CLASSES))] * 2
     assert sorted(sum((labels for _, labels in calls), [])) == sorted([0, 1, 2, 3, 4, 0, 1, 2])
@@ -358,8 +358,8 @@ def xclip_model(tokenizer, **options):
     text = tiny_clip(tokenizer)
     clip = Clip(deep_visual(), text.text, tokenizer, text.logit_scale)
     torch.manual_seed(2)
-    model = create_clip_model("xclip", CLASSES, backbone=clip, num_frames=FRAMES, mit_heads=2,
-                              prompt_heads=2, **options).eval()
+    model = create_model("xclip", clip, classes=CLASSES, num_frames=FRAMES, mit_heads=2,
+                         prompt_heads=2, **options).eval()
     with torch.no_grad():  # messages strong enough to see (their default init is small)
         for name, p in model.backbone.named_parameters():
             if ".pre_attn." in name and p.ndim > 1:
@@ -399,21 +399,22 @@ def test_xclip_matches_hugging_face_xclip_model(tokenizer):
     model = xclip_model(tokenizer)
     visual, text, head = convert_hf_xclip(hf.state_dict())
     model.backbone.load_state_dict(visual)
-    model.text.load_state_dict(text)
+    model.head.text.load_state_dict(text)
     missing, unexpected = model.load_state_dict(head, strict=False)
-    assert unexpected == [] and all(k.startswith(("backbone.", "text.")) or k == "logit_scale"
-                                    for k in missing)
+    assert unexpected == [] and all(
+        k.startswith(("backbone.", "head.text.")) or k == "head.logit_scale" for k in missing)
     with torch.no_grad():
-        model.logit_scale.copy_(hf.logit_scale)
-    model.set_classes(model.classes)  # re-embed the class names with the loaded text tower
+        model.head.logit_scale.copy_(hf.logit_scale)
+    model.set_classes(model.head.classes)  # re-embed the class names with the loaded text tower
 
     video = videos()
     with torch.no_grad():
-        expected = hf(input_ids=model.prompts.tokens, pixel_values=video)
-        features = model.video_features(video)
-        tokens = features.unflatten(1, (-1, EMBED))  # [B, T + N, E]
-        video_embeds = model.temporal(tokens[:, :FRAMES])
-        text_embeds = model.prompts(model, tokens[:, FRAMES:])  # [B, C, E]
+        expected = hf(input_ids=model.head.prompts.tokens, pixel_values=video)
+        tokens, collected, layout = model.encode(video)
+        frames = model.read(tokens, collected, layout)  # [B, T, E]
+        video_embeds = model.temporal(frames)
+        context = model.context(tokens, layout)  # [B, N, E]
+        text_embeds = model.head.prompts(model.head, context)  # [B, C, E]
         logits = model(video)
     tol = dict(rtol=0, atol=1e-4)
     torch.testing.assert_close(F.normalize(video_embeds, dim=-1), expected.video_embeds, **tol)
@@ -433,20 +434,21 @@ def test_xclip_message_tokens_let_frames_talk_and_leave_the_layout_as_found(toke
             assert tokens.shape[1] == 1 + 4 and layout.num_suffix == 0  # message removed
             frame1 = vit.encode(video)[:, 1] - vit.encode(changed)[:, 1]
             assert (frame1.abs().amax() > 1e-3) == talks
-    assert torch.equal(model.prompts.alpha, torch.full((EMBED,), 0.1))
+    assert torch.equal(model.head.prompts.alpha, torch.full((EMBED,), 0.1))
 
 
 @pytest.mark.parametrize("tune", [False, True])
 def test_xclip_trains_its_modules_and_optionally_the_towers(tokenizer, tune):
     model = xclip_model(tokenizer, tune_image_encoder=tune, tune_text_encoder=tune).train()
-    tuned = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
-    own = {"temporal", "visual_context", "prompts"}
-    assert tuned == own | {"backbone", "text"} if tune else own | {"backbone"}
+    tuned = {".".join(n.split(".")[: 2 if n.startswith("head.") else 1])
+             for n, p in model.named_parameters() if p.requires_grad}
+    own = {"temporal", "context", "head.prompts"}
+    assert tuned == own | {"backbone", "head.text"} if tune else own | {"backbone"}
     messages = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
     assert tune or all(".pre_attn.0." in n for n in messages)  # frozen tower: messages only
     F.cross_entropy(model(videos()), torch.tensor([0, 1, 2, 3])).backward()
-    assert model.prompts.alpha.grad.abs().sum() > 0
-    assert (model.text.token_embed.weight.grad is not None) == tune
+    assert model.head.prompts.alpha.grad.abs().sum() > 0
+    assert (model.head.text.token_embed.weight.grad is not None) == tune
 
 
 def test_xclip_recipe_gives_the_new_modules_ten_times_the_image_towers_rate():
@@ -459,7 +461,7 @@ def test_xclip_recipe_gives_the_new_modules_ten_times_the_image_towers_rate():
     new = tuned - own
     assert all(lr_multiplier(n, cfg.optim.lr_mult) == 10.0 for n in new)
     assert all(lr_multiplier(n, cfg.optim.lr_mult) == 1.0 for n in tuned - new)
-    assert not any(n.startswith("text.") for n in tuned)
+    assert not any(n.startswith("head.text.") for n in tuned)
     # Per block: message Linear, LayerNorm and attention (qkv + proj) at width 768.
     message = (768 * 768 + 768) + 2 * 768 + (768 * 2304 + 2304) + (768 * 768 + 768)
     assert model.parameter_counts()["xclip"] == sum(
@@ -493,10 +495,9 @@ def test_xclip_runs_on_towers_without_projections(tokenizer):
                            mlp_dim=64))
     text = TextTransformer(TextConfig(vocab_size=tokenizer.vocab_size, context_length=CONTEXT,
                                       width=32, depth=1, heads=2, mlp_dim=64, embed_dim=None))
-    model = create_clip_model("xclip", CLASSES, backbone=Clip(visual, text, tokenizer, 0.0),
-                              num_frames=FRAMES, mit_heads=2, prompt_heads=2).eval()
+    model = create_model("xclip", Clip(visual, text, tokenizer, 0.0), classes=CLASSES,
+                         num_frames=FRAMES, mit_heads=2, prompt_heads=2).eval()
     with torch.no_grad():
         frames = visual.encode(videos())  # [B, T, D]: no projection
-        features = model.video_features(videos())
-        assert_close(features.unflatten(1, (-1, 32))[:, :FRAMES], frames)
+        assert_close(model.video_features(videos()), frames)
         assert model(videos()).shape == (4, len(CLASSES))

@@ -20,7 +20,7 @@ from vidadapt import ViT, ViTConfig
 from vidadapt.config import ExperimentConfig, config_from_dict
 from vidadapt.engine.distributed import init_distributed, shutdown_distributed
 from vidadapt.engine.trainer import Trainer
-from vidadapt.models import VideoClassifier, create_model
+from vidadapt.models import VideoModel, create_model
 
 TINY = ViTConfig(image_size=32, patch_size=8, width=64, depth=2, heads=2, mlp_dim=128)
 FRAMES, SIZE, CLASSES = 4, 32, 3
@@ -70,12 +70,12 @@ def tiny_backbone() -> ViT:
     return vit
 
 
-def tiny_model(cfg: ExperimentConfig) -> VideoClassifier:
+def tiny_model(cfg: ExperimentConfig) -> VideoModel:
     """The model of ``cfg.model`` / ``cfg.method`` on the tiny backbone, fixed by the seed."""
     torch.manual_seed(cfg.train.seed)
     return create_model(
         cfg.model.method, backbone=tiny_backbone(), num_classes=CLASSES, num_frames=FRAMES,
-        dropout=cfg.model.dropout, **cfg.method_options(),
+        dropout=cfg.model.dropout, **cfg.method_configs(),
     )
 
 

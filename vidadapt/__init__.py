@@ -19,11 +19,12 @@ _API = {
     "create_backbone": ".checkpoints",
     "load_image_encoder": ".checkpoints",
     "create_model": ".models",
-    "VideoClassifier": ".models",
+    "VideoModel": ".models",
     "ModelSpec": ".models",
+    "Method": ".methods.base",
+    "MethodParts": ".methods.base",
     "register_method": ".methods.registry",
-    "create_clip_model": ".clip.model",
-    "load_clip": ".clip.model",
+    "load_clip": ".clip.towers",
     "save_clip": ".clip.save",
     "ExperimentConfig": ".config",
     "load_config": ".config",
@@ -33,8 +34,8 @@ _API = {
 }
 
 __all__ = [  # the names of _API (a test checks they agree)
-    "ExperimentConfig", "ModelSpec", "Trainer", "VideoClassifier", "ViT", "ViTConfig",
-    "__version__", "config_from_dict", "create_backbone", "create_clip_model", "create_model",
+    "ExperimentConfig", "Method", "MethodParts", "ModelSpec", "Trainer", "ViT", "ViTConfig",
+    "VideoModel", "__version__", "config_from_dict", "create_backbone", "create_model",
     "load_clip", "load_config", "load_image_encoder", "preset_config", "register_method",
     "save_clip", "train_experiment",
 ]
@@ -42,13 +43,14 @@ __all__ = [  # the names of _API (a test checks they agree)
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .backbones import ViT, ViTConfig, preset_config
     from .checkpoints import create_backbone, load_image_encoder
-    from .clip.model import create_clip_model, load_clip
     from .clip.save import save_clip
+    from .clip.towers import load_clip
     from .config import ExperimentConfig, config_from_dict, load_config
     from .engine.experiment import train_experiment
     from .engine.trainer import Trainer
+    from .methods.base import Method, MethodParts
     from .methods.registry import register_method
-    from .models import ModelSpec, VideoClassifier, create_model
+    from .models import ModelSpec, VideoModel, create_model
 
 
 def __getattr__(name: str) -> Any:

@@ -27,7 +27,7 @@ import yaml
 from .backbones import PRESETS
 from .data.transforms import TransformConfig
 from .errors import ConfigError
-from .methods import parse_methods
+from .methods.registry import parse_methods
 
 # ---- sections ---------------------------------------------------------------------------------
 
@@ -139,11 +139,17 @@ class ExperimentConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def method_options(self) -> dict[str, dict[str, Any]]:
-        """``{method name: options}`` for ``create_model(..., **options)``."""
+        """``{method name: options as written}`` (a stack's per name, a lone method's flat)."""
         names = [m.name for m in parse_methods(self.model.method)]
         if len(names) == 1:
             return {names[0]: dict(self.method)}
         return {name: dict(self.method.get(name) or {}) for name in names}
+
+    def method_configs(self) -> dict[str, Any]:
+        """``{method name: its config dataclass}``, in stack order, for ``create_model``."""
+        methods = parse_methods(self.model.method)
+        options = self.method_options()
+        return {m.name: m.make_config(options[m.name]) for m in methods}
 
 
 # ---- value checks that types cannot express ---------------------------------------------------
@@ -238,6 +244,24 @@ def add_override_argument(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE", help="the same as repeated --set: --cfg-options optim.lr=1e-3 "
                                   "data.batch_size=32",
     )
+
+
+def method_overrides(assignments: Iterable[str], methods: list[str]) -> dict[str, Any]:
+    """``method.KEY=VALUE`` (one method) or ``method.NAME.KEY=VALUE`` (stacked) → options, as
+    ``create_model`` takes them (``vidadapt info --set``)."""
+    options: dict[str, Any] = {}
+    for text in assignments:
+        key, value = parse_override(text)
+        path = key.split(".")
+        if path[0] != "method" or len(path) not in (2, 3):
+            raise ConfigError(
+                f"--set {text!r}: info takes method.KEY=VALUE (or method.NAME.KEY=VALUE)"
+            )
+        if len(path) == 3 or len(methods) > 1:
+            options.setdefault(path[1], {})[path[-1]] = value
+        else:
+            options[path[1]] = value
+    return options
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -453,8 +477,7 @@ def _check_model(cfg: ExperimentConfig, where: _Where) -> None:
                     f"stacked methods take options per method name ({cfg.model.method}); "
                     f"unexpected {extra}"
                 )
-        for name, options in cfg.method_options().items():
-            next(m for m in methods if m.name == name).make_config(options)
+        cfg.method_configs()
     except (ConfigError, ValueError, TypeError) as err:
         key = "method" if cfg.method else "model.method"
         raise ConfigError(f"{where.latest(key)}: {key}: {err}") from err

@@ -1,8 +1,18 @@
-"""Video classifier = frozen image ViT over frames + the methods attached to it + a linear head."""
+"""The video model: image encoder with extension sites → readout → temporal stage → head.
+
+    model = create_model("aim", "vit_b16_clip", num_classes=400, pretrained="ViT-B-16.pt")
+    model = create_model("lora+coop", pretrained="ViT-B-16.pt", classes=names)  # a text head
+    logits = model(video)  # [B, T, 3, H, W] -> [B, C]
+
+Every method and stack is built by :func:`create_model`: it builds the image encoder (and CLIP's
+text tower when a method of the stack classifies with text), applies the methods in order
+(each returns its ``MethodParts``) and assembles one :class:`VideoModel` from their parts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -10,8 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import ViT
-from .methods import parse_methods
-from .methods.registry import Trainable
+from .backbones.vit import TokenLayout
+from .clip.towers import Clip, build_clip
+from .errors import ConfigError
+from .methods.base import STAGES, Head, Method, MethodParts, Target, Trainable
+from .methods.registry import parse_methods
 
 
 @dataclass
@@ -34,21 +47,21 @@ class TunableModel(nn.Module):
     ``set_trainable`` freezes everything but the parts' parameters. The *tuned state* that an
     adapter checkpoint stores is those parameters plus the persistent buffers of the parts'
     modules (state fitted from data rather than learned, e.g. a Tip-Adapter cache). Fully
-    frozen modules stay in eval mode when the model trains. Subclasses hold the image encoder
-    in ``self.backbone``.
+    frozen modules stay in eval mode when the model trains.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.parts: dict[str, list[str]] = {}  # part name → names of the parameters it trains
         self.tuned_buffers: list[str] = []  # persistent buffers of the parts' modules
+        self.tuned_modules: list[str] = []  # names of the modules the parts declared
         self.spec: ModelSpec | None = None
 
     def set_trainable(self, parts: dict[str, Trainable]) -> None:
         """Freeze everything, then unfreeze what each part declared (modules or parameters)."""
         self.requires_grad_(False)
         ids, module_names = {}, {id(m): name for name, m in self.named_modules()}
-        self.tuned_buffers = []
+        self.tuned_buffers, self.tuned_modules = [], []
         for name, objects in parts.items():
             for obj in objects:
                 params = [obj] if isinstance(obj, nn.Parameter) else list(obj.parameters())
@@ -57,6 +70,7 @@ class TunableModel(nn.Module):
                     ids.setdefault(id(p), name)
                 if isinstance(obj, nn.Module):
                     prefix = module_names[id(obj)]
+                    self.tuned_modules.append(prefix)
                     self.tuned_buffers += [
                         f"{prefix}.{key}" if prefix else key
                         for key, value in obj.state_dict(keep_vars=True).items()
@@ -69,11 +83,13 @@ class TunableModel(nn.Module):
 
     def train(self, mode: bool = True) -> TunableModel:
         super().train(mode)
-        if mode:  # frozen modules never switch to training behaviour
+        if mode:  # frozen modules never switch to training behaviour...
             for module in self.modules():
                 params = list(module.parameters())
                 if params and not any(p.requires_grad for p in params):
                     module.eval()
+            for name in self.tuned_modules:  # ...but the parts' modules do, even those
+                self.get_submodule(name).train()  # without parameters inside a frozen one
         return self
 
     def _tuned_names(self) -> set[str]:
@@ -95,27 +111,6 @@ class TunableModel(nn.Module):
         # load_state_dict (not copy_) so modules can adapt to the state, e.g. a cache's size.
         self.load_state_dict(state, strict=False)
 
-    # ---- state fitted from features rather than learned (engine.features calls these) ---------
-
-    @property
-    def needs_training_features(self) -> bool:
-        """Whether ``fit_features`` needs the training features (a Tip-Adapter cache does)."""
-        return False
-
-    def fit_features(self, features: Tensor, labels: Tensor) -> None:
-        """Fit state from training clip features ``[N, V, D]`` and labels ``[N, V]``, once
-        before training. Models without such state keep this no-op."""
-
-    def select_hparams(self, features: Tensor, labels: Tensor) -> dict[str, float]:
-        """Choose inference hyper-parameters on validation features ``[N, V, D]`` and labels
-        ``[N]`` (never on the test split); returns the choice. Default: nothing to choose."""
-        return {}
-
-    def feature_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters ``video_features`` depends on. When none of them trains, the engine may
-        compute the features once per view and train on those (the feature cache)."""
-        return self.backbone.parameters()
-
     def parameter_counts(self) -> dict[str, int]:
         """``total``, ``tunable`` and tunable parameters per part."""
         params = dict(self.named_parameters())
@@ -132,123 +127,268 @@ class TunableModel(nn.Module):
         )
 
 
-class VideoClassifier(TunableModel):
-    """Frames ``[B, T, 3, H, W]`` → logits ``[B, num_classes]``.
 
-    Per frame the backbone gives the final-norm class token; frames are averaged, then dropout
-    and a Linear head. Methods attach to ``self.backbone``'s extension sites; only the
-    parameters they declare (plus the head) train, and fully frozen modules stay in eval mode.
+class LinearHead(nn.Linear, Head):
+    """Dropout → Linear: clip features ``[B, D]`` → logits ``[B, C]`` (N(0, 0.01) weights,
+    zero bias)."""
 
-    A method may replace the pooling by setting ``video_head``: a module with a ``layers``
-    attribute (block indices) called as ``video_head(tokens, layout)`` on those blocks' outputs
-    (``ViT.forward_tokens``), returning the clip feature ``[B, D]`` that dropout and the head
-    classify (EVL's decoder). A backbone with nothing to train runs without autograd.
+    def __init__(self, dim: int, num_classes: int, dropout: float) -> None:
+        super().__init__(dim, num_classes)
+        self.dropout = nn.Dropout(dropout)
+        nn.init.normal_(self.weight, std=0.01)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, features: Tensor, context: Tensor | None = None) -> Tensor:
+        return super().forward(self.dropout(features))
+
+
+class VideoModel(TunableModel):
+    """Frames ``[B, T, 3, H, W]`` → logits ``[B, C]``, in four stages:
+
+    1. the image encoder ``backbone`` runs every frame, with the methods' modules at its
+       extension sites;
+    2. the *readout* makes the clip's features from its tokens: by default each frame's
+       final-norm class token (projected to CLIP's joint space for a text head), averaged over
+       the frames (``frame_pool``: mean or max; ST-Adapter averages before the final norm), or
+       kept per frame ``[B, T, E]`` for a learned temporal stage; a method may replace it
+       (``MethodParts.readout``, EVL's decoder over several blocks' outputs);
+    3. the *temporal* stage, when a method gives one, fuses the frames ``[B, T, E] → [B, E]``;
+    4. the *head* classifies: a ``LinearHead``, or a method's text head. A *context* stage
+       (X-CLIP's) gives the head an extra input computed from the last block's tokens.
+
+    Stages 1-2 are ``video_features``: when none of their parameters trains, the engine
+    computes them once per view and trains ``classify`` (stages 3-4) on those features (the
+    feature cache). A backbone with nothing to train runs without autograd.
     """
 
     def __init__(
-        self, backbone: ViT, num_classes: int, num_frames: int, dropout: float = 0.5
+        self, backbone: ViT, num_frames: int, parts: MethodParts, frame_pool: str = "mean"
     ) -> None:
         super().__init__()
+        if parts.head is None:
+            raise ValueError("a VideoModel needs a head")
         self.backbone = backbone
         self.num_frames = num_frames
-        # ST-Adapter averages the frames before the final norm, AIM after it.
-        self.norm_before_pool = True
-        self.video_head: nn.Module | None = None  # replaces the pooling (see the docstring)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.width, num_classes)
-        nn.init.normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
+        self.readout = parts.readout
+        self.pool_before_norm = parts.pool_before_norm
+        self.frame_pool = frame_pool
+        self.temporal = parts.temporal
+        self.context = parts.context
+        self.head = parts.head
+        # Training loss ``(logits, labels) -> loss`` replacing cross-entropy; None = the
+        # engine's cross-entropy.
+        self.loss_fn = parts.loss
 
-    def frame_features(self, video: Tensor) -> Tensor:
-        """Final-norm class token of every frame, ``[B, T, D]``."""
-        return self.backbone(video)
+    # ---- stages 1-2: pixels → features ---------------------------------------------------------
 
-    def feature_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters ``video_features`` depends on: the backbone's and the video head's."""
-        yield from self.backbone.parameters()
-        if self.video_head is not None:
-            yield from self.video_head.parameters()
-
-    def video_features(self, video: Tensor) -> Tensor:
-        """One feature per clip, ``[B, D]``."""
-        layers = self.video_head.layers if self.video_head is not None else ()
+    def encode(self, video: Tensor) -> tuple[Tensor, list[Tensor], TokenLayout]:
+        """The image encoder's last tokens ``[B*T, N, D]``, the outputs of the blocks the
+        readout reads, and the token layout."""
+        layers = self.readout.layers if self.readout is not None else ()
         # A frozen backbone needs no autograd graph: nothing behind it trains (EVL's premise).
         backbone_trains = any(p.requires_grad for p in self.backbone.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
-            tokens, collected, layout = self.backbone.forward_tokens(video, layers)
-        if self.video_head is not None:
-            return self.video_head(collected, layout)
-        cls = tokens[:, 0].view(layout.batch, layout.frames, -1)  # [B, T, D]
-        if self.norm_before_pool:
-            return self.backbone.norm(cls).mean(dim=1)
-        return self.backbone.norm(cls.mean(dim=1))
+            return self.backbone.forward_tokens(video, layers)
 
-    def classify(self, features: Tensor) -> Tensor:
-        """Logits of clip features ``[B, D]`` (``video_features``' output)."""
-        return self.head(self.dropout(features))
+    def read(self, tokens: Tensor, collected: list[Tensor], layout: TokenLayout) -> Tensor:
+        """The readout: clip features ``[B, D]``, or frame embeddings ``[B, T, E]`` when a
+        temporal stage fuses them."""
+        if self.readout is not None:
+            return self.readout(collected, layout)
+        proj = self.backbone.proj  # CLIP's joint-space projection; None for a linear head
+        cls = tokens[:, 0].view(layout.batch, layout.frames, -1)  # [B, T, D]
+        if self.pool_before_norm:
+            pooled = self.backbone.norm(cls.mean(dim=1))  # [B, D]
+            return pooled if proj is None else pooled @ proj  # [B, E]
+        frames = self.backbone.norm(cls)  # [B, T, D]
+        if proj is not None:
+            frames = frames @ proj  # [B, T, E]
+        if self.temporal is not None:
+            return frames
+        return frames.mean(dim=1) if self.frame_pool == "mean" else frames.amax(dim=1)
+
+    def video_features(self, video: Tensor) -> Tensor:
+        """Stages 1-2: features of clips ``[B, T, 3, H, W]`` (what the feature cache keeps)."""
+        return self.read(*self.encode(video))
+
+    def feature_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the features depend on. A context stage counts: its input is not in the
+        features, so a model with one never trains on cached features."""
+        for stage in (self.backbone, self.readout, self.context):
+            if stage is not None:
+                yield from stage.parameters()
+
+    # ---- stages 3-4: features → logits ---------------------------------------------------------
+
+    def classify(self, features: Tensor, context: Tensor | None = None) -> Tensor:
+        """Logits ``[B, C]`` of ``video_features``' output (and the context stage's)."""
+        if self.temporal is not None:
+            features = self.temporal(features)  # [B, T, E] -> [B, E]
+        return self.head(features, context)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits of clips ``[B, T, 3, H, W]``, or of precomputed clip features ``[B, D]``
-        (the engine's feature cache trains frozen-backbone models on those)."""
-        return self.classify(x if x.ndim == 2 else self.video_features(x))
+        """Logits of clips ``[B, T, 3, H, W]``, or of their precomputed features (the engine's
+        feature cache trains frozen-encoder models on those)."""
+        if x.ndim < 5:
+            return self.classify(x)
+        tokens, collected, layout = self.encode(x)
+        context = self.context(tokens, layout) if self.context is not None else None
+        return self.classify(self.read(tokens, collected, layout), context)
 
-    def set_trainable(self, parts: dict[str, Trainable]) -> None:
-        """Freeze everything, then unfreeze the head and what each method declared."""
-        super().set_trainable({"head": [self.head], **parts})
+    # ---- the head's hooks ----------------------------------------------------------------------
+
+    def set_classes(self, classes: Sequence[str]) -> None:
+        """Classify among ``classes`` from now on (a text head only: base-to-new evaluation)."""
+        self.head.set_classes(classes)
+        if self.spec is not None:
+            self.spec.num_classes = len(classes)
+
+    @property
+    def needs_training_features(self) -> bool:
+        return self.head.needs_training_features
+
+    def fit_features(self, features: Tensor, labels: Tensor) -> None:
+        self.head.fit_features(features, labels)
+
+    def select_hparams(self, features: Tensor, labels: Tensor) -> dict[str, float]:
+        return self.head.select_hparams(features, labels)
+
+
+# ---- the factory --------------------------------------------------------------------------------
 
 
 def create_model(
     method: str | Iterable[str],
-    backbone: str | ViT = "vit_b16_clip",
-    num_classes: int = 400,
+    backbone: str | ViT | Clip = "vit_b16_clip",
+    num_classes: int | None = None,
     num_frames: int = 8,
     pretrained: str | None = None,
     image_size: int | None = None,
     dropout: float = 0.5,
     drop_path: float = 0.0,
+    classes: Sequence[str] | None = None,
     **options: Any,
-) -> VideoClassifier:
-    """Build a video classifier: backbone (+ pretrained weights), head, then the method(s).
+) -> VideoModel:
+    """Build a video model: image encoder (+ pretrained weights), the method(s), the head.
 
     ``method`` is one registered name, ``"a+b"`` or a list to stack methods in order. For one
     method, ``options`` are its config fields (``create_model("aim", temporal=False)``); for a
-    stack, pass one dict per method (``create_model("lora+aim", lora={"rank": 4}, aim={})``).
+    stack, one dict (or config) per method (``create_model("lora+aim", lora={"rank": 4})``).
+    ``backbone`` is a preset name, a ``ViT``, or CLIP's towers (a ``Clip``). A stack with a
+    CLIP method classifies with text: it needs the class names (``classes``) and gets CLIP's
+    text tower from ``pretrained`` (or a random one, per the method's ``text`` option).
+    Otherwise the head is linear, for ``num_classes`` classes (default: ``len(classes)``, or
+    400).
     """
     methods = parse_methods(method)
-    names = [m.name for m in methods]
-    if len(methods) == 1:
-        per_method = {names[0]: options.pop(names[0], options)}
-    else:
-        extra = sorted(set(options) - set(names))
-        if extra:
-            raise TypeError(f"stacked methods take options per method name; got {extra}")
-        per_method = {n: options.get(n, {}) for n in names}
+    configs = method_configs(methods, options)
+    names = list(classes) if classes is not None else None
+    count = num_classes or (len(names) if names is not None else 400)
+    if names is not None and len(names) != count:
+        raise ConfigError(f"num_classes is {count} but {len(names)} class names were given")
+    text_cfg = next((configs[m.name] for m in methods if m.classifies_with_text), None)
+    if text_cfg is not None and names is None:
+        raise ConfigError(f"method {'+'.join(configs)} classifies with the class names: pass "
+                          "classes=[...] (configs take them from the annotation)")
+    overrides = {"drop_path": drop_path, **({} if image_size is None else
+                                            {"image_size": image_size})}
+    vit, towers, backbone_name = _encoders(backbone, text_cfg, names, pretrained, overrides)
 
-    if isinstance(backbone, ViT):
-        vit, backbone_name = backbone, "custom"
-    else:
-        from .checkpoints import create_backbone  # heavy file readers load only when needed
-
-        overrides = {"drop_path": drop_path}
-        if image_size is not None:
-            overrides["image_size"] = image_size
-        vit, backbone_name = create_backbone(backbone, pretrained=pretrained, **overrides), backbone
-    vit.proj = None  # classification reads the pooled embedding; CLIP's projection is unused
-    model = VideoClassifier(vit, num_classes, num_frames, dropout)
-    parts = {}
-    for m in methods:
-        cfg = m.make_config(per_method[m.name])
-        parts[m.name] = list(m.apply(model, cfg))
-        per_method[m.name] = asdict(cfg)
-    model.set_trainable(parts)
+    target = Target(vit, num_frames, names or [str(i) for i in range(count)], towers)
+    applied = {m.name: m.apply(target, configs[m.name]) for m in methods}
+    parts = merge_parts(applied)
+    trainable = {name: list(p.trainable) for name, p in applied.items()}
+    if parts.head is None:
+        parts.head = LinearHead(vit.width, count, dropout)
+        trainable = {"head": [parts.head], **trainable}
+    frame_pool = text_cfg.temporal_pool if text_cfg is not None else "mean"
+    model = VideoModel(vit, num_frames, parts, frame_pool)
+    model.set_trainable(trainable)
     model.spec = ModelSpec(
-        method="+".join(names),
+        method="+".join(configs),
         backbone=backbone_name,
-        num_classes=num_classes,
+        num_classes=count,
         num_frames=num_frames,
         image_size=vit.cfg.image_size,
         dropout=dropout,
         drop_path=drop_path,
-        options=per_method,
+        options={name: asdict(cfg) for name, cfg in configs.items()},
     )
     return model
+
+
+def method_configs(methods: list[Method], options: dict[str, Any]) -> dict[str, Any]:
+    """Each method's config dataclass from ``create_model``'s options."""
+    names = [m.name for m in methods]
+    if len(methods) == 1:
+        return {names[0]: methods[0].make_config(options.pop(names[0], options))}
+    extra = sorted(set(options) - set(names))
+    if extra:
+        raise ConfigError(f"stacked methods take options per method name; got {extra}")
+    return {m.name: m.make_config(options.get(m.name)) for m in methods}
+
+
+def _encoders(
+    backbone: str | ViT | Clip, text_cfg: Any, classes: list[str] | None,
+    pretrained: str | None, overrides: dict[str, Any],
+) -> tuple[ViT, Clip | None, str]:
+    """The image encoder, CLIP's towers when ``text_cfg`` (a text head's ClipOptions) asks
+    for them, and the backbone's name for the spec ("custom" for a ready-made object)."""
+    if isinstance(backbone, Clip):
+        towers, name = backbone, "custom"
+    elif isinstance(backbone, ViT):
+        if text_cfg is not None:
+            raise ConfigError("a text head needs CLIP's text tower: pass the towers (a "
+                              "vidadapt.clip.towers.Clip) or a backbone preset name")
+        towers, name = None, "custom"
+        vit = backbone
+    elif text_cfg is not None:
+        towers, name = build_clip(text_cfg, classes, backbone, pretrained, **overrides), backbone
+    else:
+        from .checkpoints import create_backbone  # heavy file readers load only when needed
+
+        towers, name = None, backbone
+        vit = create_backbone(backbone, pretrained=pretrained, **overrides)
+    if towers is not None:
+        vit = towers.visual
+    if text_cfg is None:
+        vit.proj = None  # a linear head reads the pooled embedding; the projection is unused
+        towers = None
+    return vit, towers, name
+
+
+def merge_parts(applied: dict[str, MethodParts]) -> MethodParts:
+    """One record of the stages the methods of a stack provide, after checking that at most
+    one provides each stage and that the stages fit together."""
+    merged = MethodParts(pool_before_norm=any(p.pool_before_norm for p in applied.values()))
+    for stage in STAGES:
+        providers = [name for name, p in applied.items() if getattr(p, stage) is not None]
+        if len(providers) > 1:
+            raise ConfigError(f"methods {' and '.join(providers)} both provide the model's "
+                              f"{stage}; stack at most one of them")
+        if providers:
+            setattr(merged, stage, getattr(applied[providers[0]], stage))
+
+    def provider(stage: str) -> str:
+        return next(name for name, p in applied.items() if getattr(p, stage))
+
+    if merged.readout is not None and merged.head is not None:
+        raise ConfigError(f"{provider('readout')} replaces the readout with features outside "
+                          f"CLIP's joint space, so {provider('head')}'s text head cannot read "
+                          "them")
+    if merged.pool_before_norm and merged.temporal is not None:
+        raise ConfigError(f"{provider('pool_before_norm')} averages the frames before the final "
+                          f"norm, which leaves no frames for {provider('temporal')}'s temporal "
+                          "stage")
+    if merged.readout is not None and (merged.pool_before_norm or merged.temporal is not None):
+        other = provider("pool_before_norm" if merged.pool_before_norm else "temporal")
+        raise ConfigError(f"{provider('readout')} replaces the readout that {other} changes")
+    return merged
+
+
+def spec_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    """``create_model``'s arguments that rebuild the architecture of ``spec`` (the options
+    per method name, as a stack takes them)."""
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    fields.pop("options")
+    return {**fields, **spec.options}

@@ -63,9 +63,6 @@ class ViTConfig:
     num_registers: int = 0  # DINOv2 register tokens, placed after the class token
     embed_dim: int | None = None  # output size of the CLIP projection; None = no projection
     drop_path: float = 0.0  # stochastic depth, linear over depth (used when the backbone trains)
-    grad_checkpointing: bool | int = False  # blocks whose activations backward recomputes
-    # instead of keeping: True = all, N = the first N (the last blocks' activations are used
-    # first in backward, so keeping them adds little to the peak and saves their recomputation)
 
     @property
     def grid(self) -> int:
@@ -282,6 +279,7 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.proj = nn.Parameter(torch.zeros(D, cfg.embed_dim)) if cfg.embed_dim else None
         self.embed_sites = nn.ModuleList()
+        self.checkpointed_blocks = 0  # leading blocks recomputed in backward (a runtime setting)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -307,15 +305,18 @@ class ViT(nn.Module):
             if EXTENSION_SITES.isdisjoint(name.split(".")):
                 yield name, module
 
-    def num_checkpointed_blocks(self) -> int:
-        """How many leading blocks recompute their activations in backward."""
-        value, depth = self.cfg.grad_checkpointing, len(self.blocks)
+    def set_grad_checkpointing(self, value: bool | int = True) -> None:
+        """Recompute blocks' activations in backward instead of keeping them: True = all
+        blocks, N = the first N (the last blocks' activations are used first in backward, so
+        keeping them adds little to the peak and saves their recomputation), False = none. A
+        training-time setting (``train.grad_checkpointing``), not part of the architecture."""
+        depth = len(self.blocks)
         if isinstance(value, bool):
-            return depth if value else 0
-        if not isinstance(value, int) or not 0 <= value <= depth:
+            value = depth if value else 0
+        elif not isinstance(value, int) or not 0 <= value <= depth:
             raise ConfigError(f"grad_checkpointing is {value!r}; use true, false or a number of "
                               f"blocks from 0 to {depth}")
-        return value
+        self.checkpointed_blocks = value
 
     def embed(self, frames: Tensor, layout: TokenLayout) -> Tensor:
         """Patch tokens + class/register tokens + position embedding → ``[B*T, N, D]``."""
@@ -347,7 +348,7 @@ class ViT(nn.Module):
             tokens = site(tokens, self, layout)
         tokens = self.norm_pre(tokens)
         wanted = {i % len(self.blocks) for i in layers}
-        recomputed = self.num_checkpointed_blocks() if torch.is_grad_enabled() else 0
+        recomputed = self.checkpointed_blocks if torch.is_grad_enabled() else 0
         collected = []
         for i, block in enumerate(self.blocks):
             if i < recomputed:

@@ -47,7 +47,7 @@ def detect_layout(state_dict: StateDict) -> str:
     )
 
 
-def _rename(state_dict: StateDict, rules: list[tuple[str, str]]) -> StateDict:
+def rename_keys(state_dict: StateDict, rules: list[tuple[str, str]]) -> StateDict:
     """Apply the regex ``(pattern, replacement)`` rules, in order, to every key."""
     renamed = {}
     for key, value in state_dict.items():
@@ -70,7 +70,7 @@ def _pop(state_dict: StateDict, key: str) -> Tensor:
     return state_dict.pop(key)
 
 
-_OPENAI_RULES = [
+OPENAI_RULES = [
     (r"^conv1\.", "patch_embed.proj."),
     (r"^ln_pre\.", "norm_pre."),
     (r"^ln_post\.", "norm."),
@@ -86,13 +86,13 @@ _OPENAI_RULES = [
 
 def convert_openai_clip(state_dict: StateDict) -> StateDict:
     """OpenAI / open_clip ``visual.*`` (or a visual tower saved alone) to vidadapt names."""
-    out = _rename(_submodule(state_dict, "visual."), _OPENAI_RULES)
+    out = rename_keys(_submodule(state_dict, "visual."), OPENAI_RULES)
     out["cls_token"] = _pop(out, "class_embedding").reshape(1, 1, -1)  # [1, 1, D]
     out["pos_embed"] = _pop(out, "positional_embedding").unsqueeze(0)  # [1, N+1, D]
     return out
 
 
-_HF_CLIP_RULES = [
+HF_CLIP_RULES = [
     (r"^embeddings\.patch_embedding\.", "patch_embed.proj."),
     (r"^pre_layrnorm\.", "norm_pre."),  # sic: HF's spelling
     (r"^post_layernorm\.", "norm."),
@@ -109,16 +109,16 @@ def convert_hf_clip(state_dict: StateDict) -> StateDict:
     vision = _submodule(state_dict, "vision_model.")
     vision.pop("visual_projection.weight", None)  # outside the tower; read below
     vision.pop("embeddings.position_ids", None)  # token indices 0..N, not a weight
-    out = _rename(vision, _HF_CLIP_RULES)
+    out = rename_keys(vision, HF_CLIP_RULES)
     out["cls_token"] = _pop(out, "embeddings.class_embedding").reshape(1, 1, -1)  # [1, 1, D]
     out["pos_embed"] = _pop(out, "embeddings.position_embedding.weight").unsqueeze(0)  # [1, N+1, D]
-    _fuse_qkv(out)
+    fuse_qkv(out)
     if "visual_projection.weight" in state_dict:  # nn.Linear weight [out, D]; we apply x @ proj
         out["proj"] = state_dict["visual_projection.weight"].T  # [D, out]
     return out
 
 
-def _fuse_qkv(state_dict: StateDict) -> None:
+def fuse_qkv(state_dict: StateDict) -> None:
     """Replace separate ``attn.q/k/v`` projections by one ``attn.qkv`` (q; k; v stacked)."""
     for q_key in [k for k in state_dict if ".attn.q." in k]:
         parts = [_pop(state_dict, q_key.replace(".attn.q.", f".attn.{p}.")) for p in "qkv"]
@@ -141,7 +141,7 @@ def convert_timm(state_dict: StateDict) -> StateDict:
 def convert_dinov2(state_dict: StateDict) -> StateDict:
     """facebookresearch DINOv2 to vidadapt names (the blocks already use timm's names)."""
     out = {k: v for k, v in state_dict.items() if k != "mask_token"}  # masked-image training only
-    return _rename(out, [(r"^register_tokens$", "reg_token")])
+    return rename_keys(out, [(r"^register_tokens$", "reg_token")])
 
 
 CONVERTERS: dict[str, Callable[[StateDict], StateDict]] = {

@@ -1,7 +1,6 @@
-"""The CLIP vision-language side: text tower, tokenizer, prompt templates, and (in
-``vidadapt.clip.model``, also exported as ``vidadapt.load_clip`` / ``vidadapt.create_clip_model``)
-the CLIP video classifier. ``model`` imports the method registry, whose CLIP methods import
-this package, so it is not imported here."""
+"""The CLIP vision-language side: text tower, tokenizer, prompt templates; both towers
+(``clip.towers``, ``vidadapt.load_clip``) and the text head that classifies with them
+(``clip.heads``)."""
 
 from .prompts import TEMPLATES, resolve_templates
 from .text import TEXT_PRESETS, TextConfig, TextTransformer, text_encoder_weights

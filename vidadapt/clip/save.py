@@ -19,13 +19,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..backbones.vit import ViTConfig
-from ..checkpoints.convert import _rename
-from .model import Clip
+from ..checkpoints.convert import rename_keys
 from .text import TextConfig
+from .towers import Clip
 
 StateDict = dict[str, Tensor]
 
-# vidadapt names -> Hugging Face CLIP encoder names (inverse of convert._HF_CLIP_RULES).
+# vidadapt names -> Hugging Face CLIP encoder names (inverse of convert.HF_CLIP_RULES).
 _TO_HF_ENCODER = [
     (r"^blocks\.", "encoder.layers."),
     (r"\.norm1\.", ".layer_norm1."),
@@ -47,7 +47,7 @@ _TO_HF_TEXT = [
 
 def _split_qkv(state_dict: StateDict) -> StateDict:
     """Replace every fused ``attn.qkv`` by HF's ``self_attn.{q,k,v}_proj`` (inverse of
-    ``convert._fuse_qkv``)."""
+    ``convert.fuse_qkv``)."""
     out = {}
     for key, value in state_dict.items():
         if ".attn.qkv." not in key:
@@ -68,8 +68,9 @@ def hf_clip_state_dict(clip: Clip) -> StateDict:
     text = {k: v for k, v in clip.text.state_dict().items() if k != "proj"}
     text["embeddings.position_embedding.weight"] = text.pop("pos_embed")  # [L, D]
     out = {
-        **{f"vision_model.{k}": v for k, v in _split_qkv(_rename(vision, _TO_HF_VISION)).items()},
-        **{f"text_model.{k}": v for k, v in _split_qkv(_rename(text, _TO_HF_TEXT)).items()},
+        **{f"vision_model.{k}": v
+           for k, v in _split_qkv(rename_keys(vision, _TO_HF_VISION)).items()},
+        **{f"text_model.{k}": v for k, v in _split_qkv(rename_keys(text, _TO_HF_TEXT)).items()},
         "visual_projection.weight": clip.visual.proj.T,  # nn.Linear weight [E, D]
         "text_projection.weight": clip.text.proj.T,  # nn.Linear weight [E, D]
         "logit_scale": torch.tensor(clip.logit_scale),

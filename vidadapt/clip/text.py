@@ -21,7 +21,7 @@ from ..backbones.vit import ACTIVATIONS, Block, TokenLayout, ViTConfig
 from ..checkpoints import Checkpoint
 
 # The image tower's converters already rename CLIP's blocks; the text tower's are identical.
-from ..checkpoints.convert import _HF_CLIP_RULES, _OPENAI_RULES, _fuse_qkv, _rename
+from ..checkpoints.convert import HF_CLIP_RULES, OPENAI_RULES, fuse_qkv, rename_keys
 from ..errors import CheckpointError
 from .tokenizer import CONTEXT_LENGTH
 
@@ -142,7 +142,7 @@ def convert_openai_text(state_dict: StateDict) -> StateDict:
     # TorchScript archives also hold every block's causal mask, a constant, not a weight.
     text = {k: v for k, v in state_dict.items()
             if k.startswith(names) and not k.endswith(".attn_mask")}
-    return _rename(text, _OPENAI_RULES + _TEXT_NAMES)
+    return rename_keys(text, OPENAI_RULES + _TEXT_NAMES)
 
 
 _HF_TEXT_NAMES = [
@@ -157,8 +157,8 @@ def convert_hf_text(state_dict: StateDict) -> StateDict:
     text = {k.removeprefix("text_model."): v for k, v in state_dict.items()
             if k.startswith("text_model.")}
     text.pop("embeddings.position_ids", None)  # token indices 0..L-1, not a weight
-    out = _rename(text, _HF_CLIP_RULES + _HF_TEXT_NAMES)
-    _fuse_qkv(out)
+    out = rename_keys(text, HF_CLIP_RULES + _HF_TEXT_NAMES)
+    fuse_qkv(out)
     if "text_projection.weight" in state_dict:  # nn.Linear weight [E, D]; we apply x @ proj
         out["proj"] = state_dict["text_projection.weight"].T  # [D, E]
     return out

@@ -17,15 +17,16 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from ..clip.model import is_clip_method
 from ..clip.protocols import harmonic_mean
 from ..engine.build import build_dataset, build_model, resolve_data
 from ..engine.checkpoint import load_adapter
 from ..engine.distributed import init_distributed, shutdown_distributed
+from ..engine.evaluation import evaluate, prepare_untrained
 from ..engine.logs import setup_logging
 from ..engine.trainer import autocast_dtype
 from ..errors import ConfigError
-from .eval import add_evaluation_arguments, config_and_checkpoint, evaluate, prepare_untrained
+from ..methods.registry import parse_methods
+from .eval import add_evaluation_arguments, config_and_checkpoint
 
 logger = logging.getLogger("vidadapt")
 
@@ -42,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(dist.is_main)
     try:
         cfg, checkpoint = config_and_checkpoint(args)
-        if not is_clip_method(cfg.model.method):
+        if not any(m.classifies_with_text for m in parse_methods(cfg.model.method)):
             raise ConfigError(f"base-to-new needs a CLIP method (its classifier comes from "
-                              f"class names); {cfg.model.method!r} is not one")
+                              f"class names); {cfg.model.method!r} has none")
         cfg.data = resolve_data(cfg.data, dist)
         views = (cfg.data.test_clips, cfg.data.transform.test_crops)
         splits = {subset: replace(cfg, data=replace(cfg.data, class_subset=subset))

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..clip.model import create_clip_model, is_clip_method
 from ..clip.protocols import class_subset, subset_ids
 from ..config import DataConfig, ExperimentConfig
 from ..data.annotations import Annotation, load_annotation
@@ -21,7 +20,8 @@ from ..data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from ..data.synthetic import make_synthetic
 from ..data.transforms import build_transform
 from ..errors import ConfigError
-from ..models import TunableModel, create_model
+from ..methods.registry import get_method
+from ..models import VideoModel, create_model
 from .distributed import DistInfo, barrier
 
 logger = logging.getLogger("vidadapt")
@@ -31,46 +31,36 @@ SYNTHETIC_CACHE = Path(".cache") / "synthetic"  # default home of `data.dataset:
 
 def build_model(
     cfg: ExperimentConfig, num_classes: int | None = None, classes: list[str] | None = None
-) -> TunableModel:
+) -> VideoModel:
     """The model of ``cfg.model`` and ``cfg.method``.
 
     New weights (and a backbone without ``pretrained`` weights) are drawn from
     ``train.seed`` in a forked RNG, so training, ``eval`` and ``predict`` rebuild the very
-    same model from the same config without touching the caller's RNG. CLIP methods
-    (``zero_shot``, ``coop``...) classify with the class names: ``classes``, else the
-    training annotation's.
+    same model from the same config without touching the caller's RNG. A text head (CLIP
+    methods: ``zero_shot``, ``coop``...) classifies with the class names: ``classes``, else
+    the training annotation's.
     """
-    clip = is_clip_method(cfg.model.method)
-    if clip and classes is None:
+    configs = cfg.method_configs()
+    needs_names = any(get_method(name).classifies_with_text for name in configs)
+    if needs_names and classes is None:
         classes = training_classes(cfg.data)
-    num_classes = num_classes or cfg.model.num_classes
-    if num_classes is None and not clip:
+    num_classes = num_classes or cfg.model.num_classes or (len(classes) if classes else None)
+    if num_classes is None:
         raise ConfigError("model.num_classes is not set and there is no annotation to count them")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        if clip:
-            model = create_clip_model(
-                cfg.model.method,
-                classes,
-                cfg.model.backbone,
-                pretrained=cfg.model.pretrained,
-                num_frames=cfg.model.num_frames,
-                image_size=cfg.model.image_size,
-                **cfg.method_options(),
-            )
-        else:
-            model = create_model(
-                cfg.model.method,
-                cfg.model.backbone,
-                num_classes=num_classes,
-                num_frames=cfg.model.num_frames,
-                pretrained=cfg.model.pretrained,
-                image_size=cfg.model.image_size,
-                dropout=cfg.model.dropout,
-                drop_path=cfg.model.drop_path,
-                **cfg.method_options(),
-            )
-    model.backbone.cfg.grad_checkpointing = cfg.train.grad_checkpointing
+        model = create_model(
+            cfg.model.method,
+            cfg.model.backbone,
+            num_classes=num_classes,
+            classes=classes if needs_names else None,
+            num_frames=cfg.model.num_frames,
+            pretrained=cfg.model.pretrained,
+            image_size=cfg.model.image_size,
+            dropout=cfg.model.dropout,
+            drop_path=cfg.model.drop_path,
+            **configs,
+        )
     if cfg.model.pretrained is None:
         logger.warning("model.pretrained is not set: the %s backbone has random weights",
                        cfg.model.backbone)

@@ -32,11 +32,36 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
 from .. import __version__
+from ..checkpoints.convert import rename_keys
 from ..errors import CheckpointError, StorageError
-from ..models import ModelSpec, TunableModel
+from ..models import ModelSpec, VideoModel
 
-ADAPTER_FORMAT = "vidadapt-adapter/1"
+ADAPTER_FORMAT = "vidadapt-adapter/2"
+ADAPTER_FORMATS = ("vidadapt-adapter/1", ADAPTER_FORMAT)  # what read_adapter accepts
 FINGERPRINT_SAMPLES = 64  # values read per frozen tensor: cheap, yet any other weights differ
+
+# Format 1 came from two model classes: a CLIP classifier kept its text tower, prompts,
+# adapter, cache and logit scale at the top level and X-CLIP's context as visual_context, and
+# EVL's decoder was the video_head. The one video model nests them in its stages. Renaming is
+# idempotent: no current name matches a pattern.
+_FORMAT1_NAMES = [
+    (r"^video_head\.", "readout."),
+    (r"^visual_context\.", "context."),
+    (r"^(text|prompts|adapter|cache)\.", r"head.\1."),
+    (r"^logit_scale$", "head.logit_scale"),
+]
+_TO_FORMAT1_NAMES = [
+    (r"^readout\.", "video_head."),
+    (r"^context\.", "visual_context."),
+    (r"^head\.(text|prompts|adapter|cache)\.", r"\1."),
+    (r"^head\.logit_scale$", "logit_scale"),
+]
+
+
+def upgrade_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state saved under format 1's names (adapter files, resume states, exported models)
+    with the current names."""
+    return rename_keys(state, _FORMAT1_NAMES)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -87,16 +112,18 @@ def current_umask() -> int:
     return mask
 
 
-def backbone_fingerprint(model: nn.Module) -> str:
+def backbone_fingerprint(model: nn.Module, format1_names: bool = False) -> str:
     """Short sha256 over the frozen parameters: names, shapes and evenly spaced sample values.
 
     Two models built from the same pretrained file (or the same random init) agree; any other
-    weights almost surely differ in some sampled value.
+    weights almost surely differ in some sampled value. ``format1_names``: as a format-1 file
+    recorded it, under that format's parameter names.
     """
     digest = hashlib.sha256()
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            continue
+    frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
+    if format1_names:
+        frozen = rename_keys(frozen, _TO_FORMAT1_NAMES)
+    for name, param in frozen.items():
         flat = param.detach().reshape(-1)
         picks = torch.linspace(0, flat.numel() - 1, min(FINGERPRINT_SAMPLES, flat.numel()))
         sample = flat[picks.long().to(flat.device)].float().cpu()
@@ -118,11 +145,12 @@ class AdapterCheckpoint:
     config: dict[str, Any] | None  # the experiment config (ExperimentConfig.to_dict())
     classes: list[str] | None  # class names, in label order
     info: dict[str, Any]  # training progress and metrics when it was written
+    format: str = ADAPTER_FORMAT  # the file's format (its names are upgraded when read)
 
 
 def save_adapter(
     path: str | os.PathLike,
-    model: TunableModel,
+    model: VideoModel,
     fingerprint: str,
     config: dict[str, Any] | None = None,
     classes: list[str] | None = None,
@@ -157,13 +185,14 @@ def read_adapter(path: str | os.PathLike) -> AdapterCheckpoint:
         raise CheckpointError(
             f"checkpoint {path} is not a readable safetensors file ({err})"
         ) from err
-    if metadata.get("format") != ADAPTER_FORMAT:
+    if metadata.get("format") not in ADAPTER_FORMATS:
         raise CheckpointError(
             f"checkpoint {path} is not a vidadapt adapter checkpoint (format "
             f"{metadata.get('format')!r}, expected {ADAPTER_FORMAT!r})"
         )
     return AdapterCheckpoint(
-        state=state,
+        state=upgrade_names(state),
+        format=metadata["format"],
         spec=ModelSpec(**json.loads(metadata["spec"])),
         fingerprint=metadata["backbone_fingerprint"],
         config=json.loads(metadata["config"]),
@@ -178,7 +207,7 @@ _ARCHITECTURE_FIELDS = ("method", "num_classes", "num_frames", "options")
 
 
 def load_adapter(
-    model: TunableModel, checkpoint: AdapterCheckpoint | str | os.PathLike, source: str = ""
+    model: VideoModel, checkpoint: AdapterCheckpoint | str | os.PathLike, source: str = ""
 ) -> AdapterCheckpoint:
     """Load an adapter checkpoint into ``model``, after checking it was trained for this
     architecture and on this frozen backbone. Returns the checkpoint that was read."""
@@ -193,7 +222,7 @@ def load_adapter(
                 f"checkpoint {source} was trained with {field}={theirs}, this model has "
                 f"{field}={ours}; build the model from the checkpoint's config"
             )
-    ours = backbone_fingerprint(model)
+    ours = backbone_fingerprint(model, format1_names=checkpoint.format != ADAPTER_FORMAT)
     if checkpoint.fingerprint != ours:
         raise CheckpointError(
             f"checkpoint {source} was trained on backbone {checkpoint.fingerprint}, this "

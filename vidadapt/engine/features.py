@@ -1,11 +1,12 @@
 """Feature caching: a frozen image encoder runs once per video view, training runs on features.
 
-When no parameter of ``model.backbone`` trains (linear probe, zero-shot, CoOp / CoCoOp,
-CLIP-Adapter, Tip-Adapter), the clip feature ``model.video_features(video)`` of a view never
-changes, so it is computed once and the model trains on it: ``model(features)`` classifies
-features ``[B, D]`` directly. Training keeps ``train.feature_views`` augmented views per video
-(view ``v`` is what the dataset gives at epoch ``v``); epoch ``e`` trains on view
-``e % feature_views``. Validation keeps every test view (clips × crops).
+When no parameter of the model's feature stages trains (``model.feature_parameters()``: linear
+probe, zero-shot, CoOp / CoCoOp, CLIP-Adapter, Tip-Adapter, Ju et al.'s prompts), the features
+``model.video_features(video)`` of a view never change, so they are computed once and the model
+trains on them: ``model(features)`` classifies features (``[B, D]``, or frame embeddings
+``[B, T, E]`` for a learned temporal stage) directly. Training keeps ``train.feature_views``
+augmented views per video (view ``v`` is what the dataset gives at epoch ``v``); epoch ``e``
+trains on view ``e % feature_views``. Validation keeps every test view (clips × crops).
 
 With ``train.feature_cache: off`` the model trains on videos as usual (a fresh augmentation
 every epoch). With ``train.feature_cache: disk`` the features are also written to
@@ -36,7 +37,7 @@ from torch.utils.data import Dataset
 
 from ..config import ExperimentConfig
 from ..data.dataset import SkipReport, VideoDataset
-from ..models import TunableModel
+from ..models import VideoModel
 from .checkpoint import atomic_write, backbone_fingerprint
 from .data import ShardedSampler, make_loader
 from .distributed import DistInfo, all_gather_objects, barrier
@@ -44,11 +45,11 @@ from .logs import progress
 
 logger = logging.getLogger("vidadapt")
 
-CACHE_FORMAT = "vidadapt-features/1"
+CACHE_FORMAT = "vidadapt-features/2"  # 2: frame embeddings keep their [T, E] shape
 PROBE_SEED = 1234  # the probe clip whose features fingerprint the feature function
 
 
-def trains_on_features(cfg: ExperimentConfig, model: TunableModel) -> bool:
+def trains_on_features(cfg: ExperimentConfig, model: VideoModel) -> bool:
     """Whether ``model`` trains on cached features: a frozen feature function (image encoder,
     and EVL-style video head if any), no pixel mixing, and ``train.feature_cache`` not "off"."""
     frozen = not any(p.requires_grad for p in model.feature_parameters())
@@ -95,7 +96,7 @@ class FeatureSet(Dataset):
 
 @torch.no_grad()
 def encode_views(
-    model: TunableModel, dataset: Dataset, epochs: list[int], batch_size: int, num_workers: int,
+    model: VideoModel, dataset: Dataset, epochs: list[int], batch_size: int, num_workers: int,
     seed: int, device: torch.device, amp_dtype: torch.dtype | None = None,
     dist: DistInfo | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -129,7 +130,7 @@ def encode_views(
 
 
 def _encode_shard(
-    model: TunableModel, batches, device: torch.device, amp_dtype: torch.dtype | None, bar
+    model: VideoModel, batches, device: torch.device, amp_dtype: torch.dtype | None, bar
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     """Features ``[n, V, D]``, labels ``[n, V]`` and dataset indices ``[n]`` of one rank's
     batches; None when it has none."""
@@ -144,8 +145,8 @@ def _encode_shard(
             video = video.unsqueeze(1)  # [B, 1, T, 3, H, W]
         B, V = video.shape[:2]
         with autocast:
-            pooled = model.video_features(video.flatten(0, 1))  # [B*V, D]
-        features.append(pooled.float().cpu().view(B, V, -1))  # [B, V, D]
+            pooled = model.video_features(video.flatten(0, 1))  # [B*V, D] or [B*V, T, E]
+        features.append(pooled.float().cpu().view(B, V, *pooled.shape[1:]))  # [B, V, ...]
         labels.append(torch.as_tensor(batch["label"]).view(B, 1).expand(B, V))  # [B, V]
         indices.append(torch.as_tensor(batch["index"]))
     if not features:
@@ -153,7 +154,7 @@ def _encode_shard(
     return torch.cat(features), torch.cat(labels), torch.cat(indices)
 
 
-def probe_features(model: TunableModel, num_frames: int, image_size: int) -> Tensor:
+def probe_features(model: VideoModel, num_frames: int, image_size: int) -> Tensor:
     """``video_features`` of a fixed random clip: any change of the feature function (weights,
     pooling, projection) changes them."""
     generator = torch.Generator().manual_seed(PROBE_SEED)
@@ -184,7 +185,7 @@ def file_identity(path: str, content: bool = False) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def cache_key(model: TunableModel, dataset: VideoDataset, epochs: list[int],
+def cache_key(model: VideoModel, dataset: VideoDataset, epochs: list[int],
               content: bool = False) -> dict[str, Any]:
     """Everything the features of ``dataset`` depend on (hashed into the cache file name),
     the identity of every video file included (``file_identity``)."""
@@ -222,7 +223,7 @@ def _read_cache(path: Path, key: dict[str, Any]) -> tuple[Tensor, Tensor, dict] 
 
 
 def cached_features(
-    cfg: ExperimentConfig, model: TunableModel, dataset: Dataset, train: bool,
+    cfg: ExperimentConfig, model: VideoModel, dataset: Dataset, train: bool,
     device: torch.device, amp_dtype: torch.dtype | None = None, dist: DistInfo | None = None,
     root: Path | None = None,
 ) -> FeatureSet:
@@ -261,7 +262,7 @@ def cached_features(
 
 
 def feature_datasets(
-    cfg: ExperimentConfig, model: TunableModel, train_set: Dataset, val_set: Dataset | None,
+    cfg: ExperimentConfig, model: VideoModel, train_set: Dataset, val_set: Dataset | None,
     device: torch.device, amp_dtype: torch.dtype | None = None, dist: DistInfo | None = None,
 ) -> tuple[FeatureSet, FeatureSet | None]:
     """Training and validation sets as features, and the model's feature-fitted state
@@ -271,24 +272,3 @@ def feature_datasets(
                                                        amp_dtype, dist)
     model.fit_features(train.features, train.labels)
     return train, val
-
-
-def fit_without_training(
-    cfg: ExperimentConfig, model: TunableModel, classes: list[str], device: torch.device,
-    amp_dtype: torch.dtype | None = None, dist: DistInfo | None = None,
-) -> dict[str, float]:
-    """Prepare a model that learns nothing by gradients (zero-shot, training-free Tip-Adapter)
-    for evaluation: fit it on the training features and select its hyper-parameters on the
-    validation features (``data.val``), labels indexing ``classes``. Returns the selection."""
-    if not model.needs_training_features:
-        return {}
-    from .build import build_dataset  # build imports the model zoo; only needed here
-
-    views = (cfg.data.test_clips, cfg.data.transform.test_crops)
-    train_set = build_dataset(cfg, "train", train=True, classes=classes)
-    val_set = build_dataset(cfg, "val", train=False, classes=classes, views=views)
-    train, val = feature_datasets(cfg, model, train_set, val_set, device, amp_dtype, dist)
-    if cfg.data.test == cfg.data.val:
-        logger.warning("data.val is also data.test: hyper-parameters selected on it make its "
-                       "accuracy optimistic")
-    return model.select_hparams(val.features, val.labels[:, 0])

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..config import ExperimentConfig
 from ..errors import CheckpointError, ConfigError, Interrupted, UserError
-from ..models import TunableModel
+from ..models import VideoModel
 from .checkpoint import (
     backbone_fingerprint,
     load_resume_state,
@@ -41,6 +41,7 @@ from .checkpoint import (
     save_adapter,
     save_resume_state,
     set_rng_state,
+    upgrade_names,
 )
 from .compiled import training_forward
 from .data import (
@@ -120,7 +121,7 @@ class Trainer:
     def __init__(
         self,
         cfg: ExperimentConfig,
-        model: TunableModel,
+        model: VideoModel,
         train_set: Dataset,
         val_set: Dataset | None = None,
         classes: list[str] | None = None,
@@ -133,6 +134,7 @@ class Trainer:
             with claim(self.work_dir):
                 pass
         self.model = model.to(self.device)
+        model.backbone.set_grad_checkpointing(cfg.train.grad_checkpointing)
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError(
                 f"method {model.spec.method} has nothing to train; evaluate it with "
@@ -308,9 +310,8 @@ class Trainer:
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """The model's own training loss when it has one (``loss_fn``: ActionCLIP's), else
         cross-entropy."""
-        loss_fn = getattr(self.model, "loss_fn", None)
-        if loss_fn is not None:
-            return loss_fn(logits.float(), target)
+        if self.model.loss_fn is not None:
+            return self.model.loss_fn(logits.float(), target)
         return classification_loss(logits, target, self.cfg.optim.label_smoothing)
 
     def _inputs(self, batch: dict[str, Any], micro_index: int) -> tuple[Tensor, Tensor]:
@@ -445,7 +446,9 @@ class Trainer:
                 f"{self.model.spec.method}; resume with --set model.method={method} (and its "
                 "method options), or start without --resume"
             )
-        if state["fingerprint"] != self.fingerprint:
+        # A state written before format 2 fingerprinted the frozen weights under its names.
+        if state["fingerprint"] not in (self.fingerprint,
+                                        backbone_fingerprint(self.model, format1_names=True)):
             raise CheckpointError(
                 f"{path} was trained on backbone {state['fingerprint']}, this model's is "
                 f"{self.fingerprint}; pass the same --set model.pretrained=... as before"
@@ -455,7 +458,7 @@ class Trainer:
                 f"{path} has {state['steps_per_epoch']} steps per epoch, this run "
                 f"{self.steps_per_epoch}; resume with the same data and data.batch_size"
             )
-        self.model.load_trainable_state_dict(state["model"])
+        self.model.load_trainable_state_dict(upgrade_names(state["model"]))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])

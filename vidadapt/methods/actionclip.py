@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vit import TokenLayout
-from ..clip.heads import ClipOptions, clip_model_of
+from ..clip.heads import TextHead
 from ..clip.prompts import resolve_templates
+from ..clip.towers import ClipOptions
 from ..errors import ConfigError
+from .base import Method, MethodParts, Target
 from .efficient_prompt import TemporalTransformer
-from .registry import Trainable, register_method
 
 FUSIONS = ("mean", "conv1d", "lstm", "transformer")
 
@@ -73,10 +74,10 @@ class ActionCLIPPrompts(nn.Module):
         self.register_buffer("embeddings", torch.empty(0), persistent=False)
 
     @torch.no_grad()
-    def set_classes(self, model, names: Sequence[str]) -> None:
+    def set_classes(self, head: TextHead, names: Sequence[str]) -> None:
         self.names = list(names)
         texts = [t.format(name) for name in names for t in self.templates]
-        self.embeddings = model.encode_text(texts).view(len(names), len(self.templates), -1)
+        self.embeddings = head.encode_text(texts).view(len(names), len(self.templates), -1)
         self.stale = False
 
     def watch_text_tower(self, text: nn.Module) -> None:
@@ -91,18 +92,18 @@ class ActionCLIPPrompts(nn.Module):
         self.stale |= self.tune_text and not mode  # re-embed at the next evaluation
         return super().train(mode)
 
-    def forward(self, model, features: Tensor) -> Tensor:
+    def forward(self, head: TextHead, features: Tensor) -> Tensor:
         if not self.training:
             if self.stale:
-                self.set_classes(model, self.names)
+                self.set_classes(head, self.names)
             return self.embeddings[None]  # [1, C, K, E]
         C = len(self.names)
         choice = torch.randint(len(self.templates), (C,)).tolist()
         if not self.tune_text:
             return self.embeddings[torch.arange(C), choice]  # [C, E]
         texts = [self.templates[k].format(name) for k, name in zip(choice, self.names, strict=True)]
-        tokens = model.tokenizer(texts, model.text.cfg.context_length)
-        return model.text(tokens.to(self.embeddings.device))  # [C, E], with gradients
+        tokens = head.tokenizer(texts, head.text.cfg.context_length)
+        return head.text(tokens.to(self.embeddings.device))  # [C, E], with gradients
 
 
 class ShiftConv1d(nn.Module):
@@ -183,22 +184,24 @@ def make_fusion(kind: str, dim: int, num_frames: int, layers: int) -> nn.Module 
                                act="quick_gelu", init_std=0.02)
 
 
-@register_method("actionclip", ActionCLIPConfig, exclusive=True)
-def apply_actionclip(model, cfg: ActionCLIPConfig) -> Trainable:
-    model = clip_model_of(model, "actionclip")
-    model.prompts = ActionCLIPPrompts(cfg.templates, cfg.tune_text_encoder)
+def apply_actionclip(target: Target, cfg: ActionCLIPConfig) -> MethodParts:
+    towers = target.towers
+    prompts = ActionCLIPPrompts(cfg.templates, cfg.tune_text_encoder)
     if cfg.tune_text_encoder:
-        model.prompts.watch_text_tower(model.text)
-    model.temporal = make_fusion(cfg.fusion, model.embed_dim, model.num_frames,
-                                 cfg.fusion_layers)
+        prompts.watch_text_tower(towers.text)
+    temporal = make_fusion(cfg.fusion, towers.text.output_dim, target.num_frames,
+                           cfg.fusion_layers)
     if cfg.temporal_shift:
-        for block in model.backbone.blocks:
+        for block in target.backbone.blocks:
             block.pre_attn.append(TemporalShift(cfg.shift_div))
-    model.loss_fn = symmetric_kl_loss
-    model.set_classes(model.classes)
-    trainable: list[nn.Module] = [] if model.temporal is None else [model.temporal]
+    # The prompts hold no parameters but train: a random template per class and step.
+    trainable: list[nn.Module] = [prompts] if temporal is None else [prompts, temporal]
     if cfg.tune_image_encoder:
-        trainable.append(model.backbone)
+        trainable.append(target.backbone)
     if cfg.tune_text_encoder:
-        trainable.append(model.text)
-    return trainable
+        trainable.append(towers.text)
+    head = TextHead(towers, target.classes, prompts)
+    return MethodParts(trainable, temporal=temporal, head=head, loss=symmetric_kl_loss)
+
+
+METHOD = Method("actionclip", ActionCLIPConfig, apply_actionclip)

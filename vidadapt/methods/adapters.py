@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from ..backbones.vit import Block, TokenLayout, ViT
 from ..errors import ConfigError
+from .base import Method, MethodParts, Target
 from .layers import Bottleneck
 from .prefix import PrefixConfig, attach_prefix
-from .registry import register_method
 
 STYLES = ("sequential", "parallel")
 SUBLAYERS = ("attn", "mlp")
@@ -90,9 +90,11 @@ def attach_adapters(vit: ViT, cfg: AdapterConfig) -> list[ScaledAdapter]:
     return adapters
 
 
-@register_method("adapter", AdapterConfig)
-def apply_adapter(model, cfg: AdapterConfig):
-    return attach_adapters(model.backbone, cfg)
+def apply_adapter(target: Target, cfg: AdapterConfig) -> MethodParts:
+    return MethodParts(attach_adapters(target.backbone, cfg))
+
+
+ADAPTER = Method("adapter", AdapterConfig, apply_adapter)
 
 
 @dataclass
@@ -104,9 +106,11 @@ class MAMConfig:
     scale: float = 4.0  # s of the scaled parallel MLP adapter
 
 
-@register_method("mam", MAMConfig)
-def apply_mam(model, cfg: MAMConfig):
-    vit: ViT = model.backbone
+def apply_mam(target: Target, cfg: MAMConfig) -> MethodParts:
+    vit: ViT = target.backbone
     prefix = PrefixConfig(cfg.prefix_length, cfg.mid_dim, cfg.reparameterize)
     adapter = AdapterConfig("parallel", ("mlp",), cfg.bottleneck, cfg.scale)
-    return [attach_prefix(vit, prefix, "mam"), *attach_adapters(vit, adapter)]
+    return MethodParts([attach_prefix(vit, prefix, "mam"), *attach_adapters(vit, adapter)])
+
+
+MAM = Method("mam", MAMConfig, apply_mam)

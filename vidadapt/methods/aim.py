@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones.vit import Block, DropPath, TokenLayout, ViT, linear_schedule
+from .base import Method, MethodParts, Target
 from .layers import Bottleneck
-from .registry import register_method
 
 
 @dataclass
@@ -98,15 +98,14 @@ class JointAdapter(nn.Module):
         return self.drop_path(self.adapter(h), scale=self.scale)
 
 
-@register_method("aim", AIMConfig)
-def apply_aim(model, cfg: AIMConfig):
-    vit: ViT = model.backbone
+def apply_aim(target: Target, cfg: AIMConfig) -> MethodParts:
+    vit: ViT = target.backbone
     dim = vit.width
     hidden = int(dim * cfg.bottleneck_ratio)
     rates = linear_schedule(cfg.drop_path, len(vit.blocks))
     trainable: list[nn.Module] = [vit.norm]  # AIM tunes ln_post
     if cfg.temporal_embedding:
-        embedding = TemporalEmbedding(model.num_frames, dim)
+        embedding = TemporalEmbedding(target.num_frames, dim)
         vit.embed_sites.append(embedding)
         trainable.append(embedding)
     for block, rate in zip(vit.blocks, rates, strict=True):
@@ -120,4 +119,7 @@ def apply_aim(model, cfg: AIMConfig):
         for site, module in new:
             getattr(block, site).append(module)
             trainable.append(module)
-    return trainable
+    return MethodParts(trainable)
+
+
+METHOD = Method("aim", AIMConfig, apply_aim)

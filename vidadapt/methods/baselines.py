@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .registry import register_method
+from .base import Method, MethodParts, Target
 
 
 @dataclass
@@ -17,11 +17,13 @@ class FullConfig:
     """Every backbone parameter trains (set ``drop_path`` on the model for regularisation)."""
 
 
-@register_method("linear", LinearConfig, exclusive=True)
-def apply_linear(model, cfg: LinearConfig):
-    return []
+def apply_linear(target: Target, cfg: LinearConfig) -> MethodParts:
+    return MethodParts()
 
 
-@register_method("full", FullConfig, exclusive=True)
-def apply_full(model, cfg: FullConfig):
-    return [model.backbone]
+def apply_full(target: Target, cfg: FullConfig) -> MethodParts:
+    return MethodParts([target.backbone])
+
+
+LINEAR = Method("linear", LinearConfig, apply_linear, exclusive=True)
+FULL = Method("full", FullConfig, apply_full, exclusive=True)

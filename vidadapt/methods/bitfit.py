@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..backbones.vit import ViT
-from .registry import register_method
+from .base import Method, MethodParts, Target
 
 
 @dataclass
@@ -20,11 +20,13 @@ class BitFitConfig:
     """No options: the trainable set is fixed."""
 
 
-@register_method("bitfit", BitFitConfig)
-def apply_bitfit(model, cfg: BitFitConfig):
-    vit: ViT = model.backbone
-    return [
+def apply_bitfit(target: Target, cfg: BitFitConfig) -> MethodParts:
+    vit: ViT = target.backbone
+    return MethodParts([
         module.bias
         for _, module in vit.named_image_modules()
         if isinstance(getattr(module, "bias", None), nn.Parameter)
-    ]
+    ])
+
+
+METHOD = Method("bitfit", BitFitConfig, apply_bitfit)

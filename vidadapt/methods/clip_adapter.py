@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..clip.heads import TemplateOptions, TemplatePrompts, clip_model_of
+from ..clip.heads import TemplateOptions, TemplatePrompts, TextHead
 from ..errors import ConfigError
-from .registry import Trainable, register_method
+from .base import Method, MethodParts, Target
 
 
 @dataclass
@@ -39,10 +39,10 @@ class ClipAdapter(nn.Module):
         return self.ratio * self.fc(features) + (1 - self.ratio) * features
 
 
-@register_method("clip_adapter", ClipAdapterConfig, exclusive=True)
-def apply_clip_adapter(model, cfg: ClipAdapterConfig) -> Trainable:
-    model = clip_model_of(model, "clip_adapter")
-    model.prompts = TemplatePrompts(cfg.templates)
-    model.set_classes(model.classes)
-    model.adapter = ClipAdapter(model.embed_dim, cfg.reduction, cfg.ratio)
-    return [model.adapter]
+def apply_clip_adapter(target: Target, cfg: ClipAdapterConfig) -> MethodParts:
+    adapter = ClipAdapter(target.towers.text.output_dim, cfg.reduction, cfg.ratio)
+    head = TextHead(target.towers, target.classes, TemplatePrompts(cfg.templates), adapter)
+    return MethodParts([adapter], head=head)
+
+
+METHOD = Method("clip_adapter", ClipAdapterConfig, apply_clip_adapter)

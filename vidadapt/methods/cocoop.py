@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..clip.heads import ClipOptions, clip_model_of
+from ..clip.heads import TextHead
+from ..clip.towers import Clip, ClipOptions
 from ..errors import ConfigError
+from .base import Method, MethodParts, Target
 from .coop import CLASS_POSITIONS, CoOpPrompts
-from .registry import Trainable, register_method
 
 
 @dataclass
@@ -41,28 +42,29 @@ class CoCoOpConfig(ClipOptions):
 class CoCoOpPrompts(CoOpPrompts):
     """CoOp prompts conditioned on the clip: class embeddings ``[B, C, E]``."""
 
-    def __init__(self, model, cfg: CoCoOpConfig) -> None:
-        super().__init__(model, cfg.n_ctx, cfg.ctx_init, class_specific=False,
+    def __init__(self, towers: Clip, cfg: CoCoOpConfig) -> None:
+        super().__init__(towers, 0, cfg.n_ctx, cfg.ctx_init, class_specific=False,
                          class_position=cfg.class_position)
-        E, hidden = model.embed_dim, max(model.embed_dim // cfg.meta_reduction, 1)
+        E = towers.text.output_dim
+        hidden = max(E // cfg.meta_reduction, 1)
         self.meta_net = nn.Sequential(OrderedDict(
             linear1=nn.Linear(E, hidden), relu=nn.ReLU(inplace=True),
-            linear2=nn.Linear(hidden, model.text.width),
+            linear2=nn.Linear(hidden, towers.text.width),
         ))
 
-    def forward(self, model, features: Tensor) -> Tensor:
+    def forward(self, head: TextHead, features: Tensor) -> Tensor:
         """``features``: normalised clip embeddings ``[B, E]``."""
         B, C = features.shape[0], len(self.eot)
         shift = self.meta_net(features)  # [B, D]
         ctx = self.ctx + shift[:, None]  # [B, n_ctx, D]
         prompts = [self.assemble(self.class_contexts(c)) for c in ctx]  # B x [C, L, D]
-        text = model.text.encode_embeddings(torch.cat(prompts), self.eot.repeat(B))  # [B*C, E]
+        text = head.text.encode_embeddings(torch.cat(prompts), self.eot.repeat(B))  # [B*C, E]
         return text.view(B, C, -1)  # [B, C, E]
 
 
-@register_method("cocoop", CoCoOpConfig, exclusive=True)
-def apply_cocoop(model, cfg: CoCoOpConfig) -> Trainable:
-    model = clip_model_of(model, "cocoop")
-    model.prompts = CoCoOpPrompts(model, cfg)
-    model.set_classes(model.classes)
-    return [model.prompts]
+def apply_cocoop(target: Target, cfg: CoCoOpConfig) -> MethodParts:
+    prompts = CoCoOpPrompts(target.towers, cfg)
+    return MethodParts([prompts], head=TextHead(target.towers, target.classes, prompts))
+
+
+METHOD = Method("cocoop", CoCoOpConfig, apply_cocoop)

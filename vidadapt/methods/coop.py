@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..clip.heads import ClipOptions, clip_model_of
+from ..clip.heads import TextHead
 from ..clip.text import end_positions
+from ..clip.towers import Clip, ClipOptions
 from ..errors import ConfigError
-from .registry import Trainable, register_method
+from .base import Method, MethodParts, Target
 
 CLASS_POSITIONS = ("end", "middle", "front")
 PLACEHOLDER = "X"  # stands for one context vector when the prompt is tokenized (one token)
@@ -49,22 +50,22 @@ class CoOpPrompts(nn.Module):
     """Learned context + class-name embeddings → class embeddings ``[C, E]``."""
 
     def __init__(
-        self, model, n_ctx: int, ctx_init: str | None, class_specific: bool, class_position: str,
-        middle_split: int | None = None,
+        self, towers: Clip, num_classes: int, n_ctx: int, ctx_init: str | None,
+        class_specific: bool, class_position: str, middle_split: int | None = None,
     ) -> None:
         """``middle_split``: context vectors before the class name when ``class_position`` is
         "middle" (default half of them)."""
         super().__init__()
-        D = model.text.width
+        D = towers.text.width
         if ctx_init:
-            ids = model.tokenizer.encode(ctx_init)
-            ctx = model.text.token_embed.weight[ids].detach().clone()  # [n_ctx, D]
+            ids = towers.tokenizer.encode(ctx_init)
+            ctx = towers.text.token_embed.weight[ids].detach().clone()  # [n_ctx, D]
             self.context_text = ctx_init
         else:
             ctx = torch.randn(n_ctx, D) * 0.02
             self.context_text = " ".join([PLACEHOLDER] * n_ctx)
         if class_specific:
-            ctx = ctx.expand(len(model.classes), -1, -1).clone()  # [C, n_ctx, D]
+            ctx = ctx.expand(num_classes, -1, -1).clone()  # [C, n_ctx, D]
         self.ctx = nn.Parameter(ctx)
         self.n_ctx = ctx.shape[-2]
         self.class_specific = class_specific
@@ -77,26 +78,26 @@ class CoOpPrompts(nn.Module):
         self.name_lengths: list[int] = []  # tokens of every class name
 
     @torch.no_grad()
-    def set_classes(self, model, names: Sequence[str]) -> None:
+    def set_classes(self, head: TextHead, names: Sequence[str]) -> None:
         if self.class_specific and self.ctx.shape[0] != len(names):
             raise ConfigError(
                 f"class-specific contexts were learned for {self.ctx.shape[0]} classes and cannot "
                 f"classify {len(names)} others; use a shared context (class_specific: false)"
             )
         prompts = [f"{self.context_text} {name}." for name in names]
-        context_length = model.text.cfg.context_length
-        longest = max(prompts, key=lambda p: len(model.tokenizer.encode(p)))
-        if len(model.tokenizer.encode(longest)) + 2 > context_length:  # + start and end tokens
+        context_length = head.text.cfg.context_length
+        longest = max(prompts, key=lambda p: len(head.tokenizer.encode(p)))
+        if len(head.tokenizer.encode(longest)) + 2 > context_length:  # + start and end tokens
             raise ConfigError(
                 f"the prompt {longest!r} ({self.n_ctx} learned vectors and the class name) does "
                 f"not fit the text tower's {context_length} tokens; learn fewer vectors"
             )
-        tokens = model.tokenizer(prompts, context_length).to(self.ctx.device)
-        embedded = model.text.token_embed(tokens)  # [C, L, D]
+        tokens = head.tokenizer(prompts, context_length).to(self.ctx.device)
+        embedded = head.text.token_embed(tokens)  # [C, L, D]
         self.token_prefix = embedded[:, :1]  # [C, 1, D]
         self.token_suffix = embedded[:, 1 + self.n_ctx :]  # [C, L-1-n_ctx, D]
         self.eot = end_positions(tokens)  # [C]
-        self.name_lengths = [len(model.tokenizer.encode(name)) for name in names]
+        self.name_lengths = [len(head.tokenizer.encode(name)) for name in names]
 
     def assemble(self, ctx: Tensor) -> Tensor:
         """Prompt embeddings ``[C, L, D]`` from per-class contexts ``ctx`` ``[C, n_ctx, D]``."""
@@ -119,15 +120,15 @@ class CoOpPrompts(nn.Module):
         """``ctx`` ``[n_ctx, D]`` (shared) or ``[C, n_ctx, D]`` → ``[C, n_ctx, D]``."""
         return ctx if ctx.ndim == 3 else ctx.expand(len(self.eot), -1, -1)
 
-    def forward(self, model, features: Tensor) -> Tensor:
+    def forward(self, head: TextHead, features: Tensor) -> Tensor:
         prompts = self.assemble(self.class_contexts(self.ctx))  # [C, L, D]
-        return model.text.encode_embeddings(prompts, self.eot)  # [C, E]
+        return head.text.encode_embeddings(prompts, self.eot)  # [C, E]
 
 
-@register_method("coop", CoOpConfig, exclusive=True)
-def apply_coop(model, cfg: CoOpConfig) -> Trainable:
-    model = clip_model_of(model, "coop")
-    model.prompts = CoOpPrompts(model, cfg.n_ctx, cfg.ctx_init, cfg.class_specific,
-                                cfg.class_position)
-    model.set_classes(model.classes)
-    return [model.prompts]
+def apply_coop(target: Target, cfg: CoOpConfig) -> MethodParts:
+    prompts = CoOpPrompts(target.towers, len(target.classes), cfg.n_ctx, cfg.ctx_init,
+                          cfg.class_specific, cfg.class_position)
+    return MethodParts([prompts], head=TextHead(target.towers, target.classes, prompts))
+
+
+METHOD = Method("coop", CoOpConfig, apply_coop)

@@ -16,10 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones.vit import Block, TokenLayout, ViTConfig
-from ..clip.heads import ClipOptions, clip_model_of
+from ..clip.heads import TextHead
+from ..clip.towers import ClipOptions
 from ..errors import ConfigError
+from .base import Method, MethodParts, Target
 from .coop import CoOpPrompts
-from .registry import Trainable, register_method
 
 
 @dataclass
@@ -70,14 +71,16 @@ class TemporalTransformer(nn.Module):
         return x.mean(dim=1)  # [B, E]
 
 
-@register_method("efficient_prompt", EfficientPromptConfig, exclusive=True)
-def apply_efficient_prompt(model, cfg: EfficientPromptConfig) -> Trainable:
-    model = clip_model_of(model, "efficient_prompt")
+def apply_efficient_prompt(target: Target, cfg: EfficientPromptConfig) -> MethodParts:
+    towers = target.towers
     n_ctx = cfg.prefix_len + cfg.suffix_len
-    model.prompts = CoOpPrompts(model, n_ctx, ctx_init=None, class_specific=False,
-                                class_position="middle", middle_split=cfg.prefix_len)
-    model.temporal = TemporalTransformer(model.embed_dim, model.num_frames, cfg.temporal_layers,
-                                         cfg.temporal_heads)
-    model.logit_scale.fill_(math.log(1 / cfg.temperature))
-    model.set_classes(model.classes)
-    return [model.prompts, model.temporal]
+    prompts = CoOpPrompts(towers, len(target.classes), n_ctx, ctx_init=None,
+                          class_specific=False, class_position="middle",
+                          middle_split=cfg.prefix_len)
+    temporal = TemporalTransformer(towers.text.output_dim, target.num_frames,
+                                   cfg.temporal_layers, cfg.temporal_heads)
+    head = TextHead(towers, target.classes, prompts, logit_scale=math.log(1 / cfg.temperature))
+    return MethodParts([prompts, temporal], temporal=temporal, head=head)
+
+
+METHOD = Method("efficient_prompt", EfficientPromptConfig, apply_efficient_prompt)

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from ..backbones.vit import Block, TokenLayout, ViT, quick_gelu
 from ..errors import ConfigError
+from .base import Method, MethodParts, Target
 from .layers import temporal_depthwise_conv
-from .registry import register_method
 
 QK_KEY = "evl_qk"  # layout.extras key: block index → (q, k) of that block's patch tokens
 
@@ -191,7 +191,8 @@ class DecoderLayer(nn.Module):
 
 
 class EVLHead(nn.Module):
-    """The classifier's ``video_head``: block outputs → temporal terms → decoder → LN."""
+    """The model's readout (``MethodParts.readout``): block outputs → temporal terms →
+    decoder → LN."""
 
     def __init__(self, vit: ViT, frames: int, cfg: EVLConfig) -> None:
         super().__init__()
@@ -223,20 +224,18 @@ class EVLHead(nn.Module):
         return self.norm(query[:, 0])  # [B, D]
 
 
-@register_method("evl", EVLConfig)
-def apply_evl(model, cfg: EVLConfig):
-    vit: ViT = model.backbone
-    if model.video_head is not None:
-        raise ConfigError("evl replaces the classifier's pooling, which another method already "
-                          "replaced: stack at most one such method")
+def apply_evl(target: Target, cfg: EVLConfig) -> MethodParts:
+    vit: ViT = target.backbone
     if cfg.num_layers > len(vit.blocks):
         raise ConfigError(f"evl.num_layers is {cfg.num_layers} but the backbone has only "
                           f"{len(vit.blocks)} blocks")
     if cfg.heads and vit.width % cfg.heads:
         raise ConfigError(f"evl.heads ({cfg.heads}) must divide the backbone width {vit.width}")
-    head = EVLHead(vit, model.num_frames, cfg)
+    head = EVLHead(vit, target.num_frames, cfg)
     if cfg.cross_frame:
         for index in head.layers:
             vit.blocks[index].pre_attn.append(RecordQK(index))
-    model.video_head = head
-    return [head]
+    return MethodParts([head], readout=head)
+
+
+METHOD = Method("evl", EVLConfig, apply_evl)

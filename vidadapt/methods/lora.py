@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..backbones.vit import ViT
 from ..errors import ConfigError
-from .registry import register_method
+from .base import Method, MethodParts, Target
 
 QKV_SLICES = ("q", "k", "v")  # order of the slices in a fused attn.qkv output
 
@@ -209,9 +209,8 @@ def _select_layers(vit: ViT, cfg: LoRAConfig) -> dict[str, tuple[int, tuple[int,
     return selected
 
 
-@register_method("lora", LoRAConfig)
-def apply_lora(model, cfg: LoRAConfig):
-    vit: ViT = model.backbone
+def apply_lora(target: Target, cfg: LoRAConfig) -> MethodParts:
+    vit: ViT = target.backbone
     trainable = []
     for name, (groups, slots) in _select_layers(vit, cfg).items():
         parent_name, _, attr = name.rpartition(".")
@@ -220,4 +219,7 @@ def apply_lora(model, cfg: LoRAConfig):
         layer = LoRALinear(base, cfg.rank, cfg.alpha, cfg.lora_dropout, groups, slots)
         setattr(parent, attr, layer)
         trainable += [layer.lora_A, layer.lora_B]
-    return trainable
+    return MethodParts(trainable)
+
+
+METHOD = Method("lora", LoRAConfig, apply_lora)

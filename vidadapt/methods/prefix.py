@@ -25,10 +25,10 @@ from torch import Tensor, nn
 
 from ..backbones.vit import TokenLayout, ViT
 from ..errors import ConfigError
-from .registry import register_method
+from .base import Method, MethodParts, Target
 
 if TYPE_CHECKING:
-    from ..models import VideoClassifier
+    from ..models import VideoModel
 
 
 @dataclass
@@ -113,8 +113,8 @@ def attach_prefix(vit: ViT, cfg: PrefixConfig, method: str) -> PrefixEncoder:
     return encoder
 
 
-def freeze_prefixes(model: VideoClassifier) -> None:
-    """After training a ``VideoClassifier``: store each prefix MLP's output and drop the MLP.
+def freeze_prefixes(model: VideoModel) -> None:
+    """After training: store each prefix MLP's output and drop the MLP.
 
     Outputs do not change. The trainable set (and so ``trainable_state_dict()``) swaps the
     encoder's ``embedding.weight`` and ``mlp.*`` for its ``prefix`` ``[L, 2, l, D]``, and
@@ -126,7 +126,6 @@ def freeze_prefixes(model: VideoClassifier) -> None:
         raise ValueError("the model has no reparameterised prefixes to freeze")
     params = dict(model.named_parameters())
     parts = {part: [params[n] for n in names] for part, names in model.parts.items()}
-    del parts["head"]  # set_trainable always adds the head
     for encoder in encoders:
         dropped = {id(p) for p in encoder.parameters()}
         encoder.freeze()
@@ -137,6 +136,8 @@ def freeze_prefixes(model: VideoClassifier) -> None:
     model.set_trainable(parts)
 
 
-@register_method("prefix", PrefixConfig)
-def apply_prefix(model, cfg: PrefixConfig):
-    return [attach_prefix(model.backbone, cfg, "prefix")]
+def apply_prefix(target: Target, cfg: PrefixConfig) -> MethodParts:
+    return MethodParts([attach_prefix(target.backbone, cfg, "prefix")])
+
+
+METHOD = Method("prefix", PrefixConfig, apply_prefix)

@@ -1,26 +1,34 @@
-"""The method registry: a method is a config dataclass plus a function that attaches its modules
-to a ``VideoClassifier`` and returns what it trains.
+"""The method registry: every built-in method, by name, and the rules for stacking them.
 
-Registering a method is one decorator in its own file plus an import line in
-``vidadapt/methods/__init__.py``::
+Adding a method is one file and one line here. The file defines a config dataclass, an
+``apply(target, cfg) -> MethodParts`` function (``methods.base``) and ``METHOD = Method(name,
+config class, apply)``; the line below lists that ``METHOD``::
 
     @dataclass
     class MyConfig:
         rank: int = 4  # ...
 
-    @register_method("mine", MyConfig)
-    def apply_mine(model: VideoClassifier, cfg: MyConfig) -> Trainable:
-        ...attach modules to model.backbone's extension sites...
-        return [the new modules, plus any existing module the method unfreezes]
+    def apply_mine(target: Target, cfg: MyConfig) -> MethodParts:
+        ...attach modules to target.backbone's extension sites...
+        return MethodParts(trainable=[the new modules, and what the method unfreezes])
+
+    METHOD = Method("mine", MyConfig, apply_mine)
+
+A method defined outside vidadapt joins with :func:`register_method`.
 
 Stacking (``"lora+aim"`` or ``["lora", "aim"]``): the methods are applied in the listed order,
-each to the model the previous ones left, and ``parameter_counts()`` counts each one's tunable
+each to the backbone the previous ones left, and ``parameter_counts()`` counts each one's tunable
 parameters under its name (a parameter that two methods declare counts for the first). Any
 methods stack, except:
 
 * an ``exclusive`` method (``linear``, ``full``): it defines the whole trainable set alone;
 * the same method twice: its options would be ambiguous (and a second LoRA would wrap layers
-  the first already wrapped).
+  the first already wrapped);
+* two methods providing the same stage of the model (``MethodParts``: two text heads such as
+  ``coop+zero_shot``, two temporal fusions, EVL's readout twice), and the pairs the factory
+  refuses because their stages do not fit together (``models.create_model``: EVL's decoder
+  output is not in CLIP's joint space, so ``evl`` takes no text head; ST-Adapter's average
+  before the final norm leaves no frames for a learned temporal fusion).
 
 Everything else composes by construction. Sites are lists, so methods sharing a site run in
 stack order (``mam+prefix`` gives every attention two prefix sets, ``adapter+aim`` two modules
@@ -29,63 +37,56 @@ after it); LoRA and BitFit act only on the image model's own layers
 so later sites still find the patch tokens. A method reusing a frozen module sees what others
 did to it: AIM's temporal attention runs through LoRA's wrapped qkv and prefix tuning's prefixes.
 Order matters where two methods touch the same tokens: in ``vpt+aim`` AIM's temporal embedding
-is added to the prompts, in ``aim+vpt`` it is not.
+is added to the prompts, in ``aim+vpt`` it is not. A backbone method composes with a CLIP
+method's text head (``lora+coop``, ``aim+zero_shot``, ``st_adapter+clip_adapter``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from torch import nn
+from collections.abc import Iterable
 
 from ..errors import ConfigError
+from . import (
+    actionclip,
+    adapters,
+    aim,
+    baselines,
+    bitfit,
+    clip_adapter,
+    cocoop,
+    coop,
+    efficient_prompt,
+    evl,
+    lora,
+    prefix,
+    st_adapter,
+    tip_adapter,
+    vpt,
+    xclip,
+    zero_shot,
+)
+from .base import Method
 
-if TYPE_CHECKING:
-    from ..models import VideoClassifier
-
-Trainable = Iterable[nn.Module | nn.Parameter]
-ApplyFn = Callable[["VideoClassifier", Any], Trainable]
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    config_cls: type  # dataclass holding the method's options
-    apply: ApplyFn  # attaches the method; returns the modules/parameters that train
-    exclusive: bool = False  # cannot be combined with other methods (linear probe, full tuning)
-
-    def make_config(self, options: dict[str, Any] | None = None) -> Any:
-        """The method's config from a dict of options; unknown keys get the nearest valid one."""
-        options = dict(options or {})
-        fields = {f.name for f in dataclasses.fields(self.config_cls)}
-        for key in options:
-            if key not in fields:
-                near = difflib.get_close_matches(key, fields, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else ""
-                valid = ", ".join(sorted(fields)) or "(none)"
-                raise ConfigError(
-                    f"method {self.name!r} has no option {key!r}{hint} valid options: {valid}"
-                )
-        return self.config_cls(**options)
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        # on the image backbone
+        baselines.LINEAR, baselines.FULL, aim.METHOD, st_adapter.METHOD, evl.METHOD,
+        vpt.METHOD, lora.METHOD, prefix.METHOD, adapters.ADAPTER, adapters.MAM, bitfit.METHOD,
+        # with CLIP's text tower as the classifier
+        zero_shot.METHOD, coop.METHOD, cocoop.METHOD, clip_adapter.METHOD, tip_adapter.METHOD,
+        efficient_prompt.METHOD, actionclip.METHOD, xclip.METHOD,
+    )
+}
 
 
-METHODS: dict[str, Method] = {}
-
-
-def register_method(name: str, config_cls: type, exclusive: bool = False):
-    """Decorator registering ``apply(model, cfg) -> trainable`` under ``name``."""
-
-    def decorate(apply: ApplyFn) -> ApplyFn:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = Method(name, config_cls, apply, exclusive)
-        return apply
-
-    return decorate
+def register_method(method: Method) -> Method:
+    """Make a method defined outside vidadapt available by name (configs, ``create_model``)."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    METHODS[method.name] = method
+    return method
 
 
 def get_method(name: str) -> Method:

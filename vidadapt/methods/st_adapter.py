@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vit import Block, TokenLayout, ViT
+from .base import Method, MethodParts, Target
 from .layers import temporal_depthwise_conv
-from .registry import register_method
 
 POSITIONS = ("pre_attn", "pre_mlp")
 
@@ -74,14 +74,16 @@ class STAdapter(nn.Module):
         return x + update
 
 
-@register_method("st_adapter", STAdapterConfig)
-def apply_st_adapter(model, cfg: STAdapterConfig):
-    vit: ViT = model.backbone
-    model.norm_before_pool = False  # frames are averaged, then the (frozen) final norm
+def apply_st_adapter(target: Target, cfg: STAdapterConfig) -> MethodParts:
+    vit: ViT = target.backbone
     adapters = []
     for block in vit.blocks:
         for position in cfg.positions:
             adapter = STAdapter(vit.width, cfg.width, cfg.kernel)
             getattr(block, position).append(adapter)
             adapters.append(adapter)
-    return adapters
+    # Frames are averaged, then the (frozen) final norm, as in the official code.
+    return MethodParts(adapters, pool_before_norm=True)
+
+
+METHOD = Method("st_adapter", STAdapterConfig, apply_st_adapter)

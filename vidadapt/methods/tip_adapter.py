@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..clip.heads import TemplateOptions, TemplatePrompts, clip_model_of
+from ..clip.heads import TemplateOptions, TemplatePrompts, TextHead
 from ..errors import ConfigError
-from .registry import Trainable, register_method
+from .base import Method, MethodParts, Target
 
 
 @dataclass
@@ -122,11 +122,11 @@ def _take_saved_cache_size(module: TipCache, state_dict, prefix, *args) -> None:
             getattr(module, name).data = torch.empty_like(saved, device=module.alpha.device)
 
 
-@register_method("tip_adapter", TipAdapterConfig, exclusive=True)
-def apply_tip_adapter(model, cfg: TipAdapterConfig) -> Trainable:
-    model = clip_model_of(model, "tip_adapter")
-    model.prompts = TemplatePrompts(cfg.templates)
-    model.set_classes(model.classes)
-    model.cache = TipCache(model.embed_dim, len(model.classes), cfg)
+def apply_tip_adapter(target: Target, cfg: TipAdapterConfig) -> MethodParts:
+    cache = TipCache(target.towers.text.output_dim, len(target.classes), cfg)
+    head = TextHead(target.towers, target.classes, TemplatePrompts(cfg.templates), cache=cache)
     # As a part, the cache's buffers (keys unless they train, values, alpha, beta) are saved.
-    return [model.cache]
+    return MethodParts([cache], head=head)
+
+
+METHOD = Method("tip_adapter", TipAdapterConfig, apply_tip_adapter)

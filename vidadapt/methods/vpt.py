@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..backbones.vit import Block, TokenLayout, ViT
 from ..errors import ConfigError
-from .registry import register_method
+from .base import Method, MethodParts, Target
 
 
 @dataclass
@@ -78,9 +78,8 @@ class ReplacePrompts(Prompts):
         return torch.cat([x[:, :1], self.batch(x.shape[0]), x[:, 1 + p :]], dim=1)  # [B*T, N, D]
 
 
-@register_method("vpt", VPTConfig)
-def apply_vpt(model, cfg: VPTConfig):
-    vit: ViT = model.backbone
+def apply_vpt(target: Target, cfg: VPTConfig) -> MethodParts:
+    vit: ViT = target.backbone
     bound = prompt_init_bound(vit.cfg.patch_size, vit.width)
     first = InsertPrompts(cfg.num_tokens, vit.width, bound, cfg.prompt_dropout)
     vit.embed_sites.append(first)
@@ -90,4 +89,7 @@ def apply_vpt(model, cfg: VPTConfig):
             fresh = ReplacePrompts(cfg.num_tokens, vit.width, bound, cfg.prompt_dropout)
             block.pre_attn.append(fresh)
             trainable.append(fresh)
-    return trainable
+    return MethodParts(trainable)
+
+
+METHOD = Method("vpt", VPTConfig, apply_vpt)

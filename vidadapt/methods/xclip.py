@@ -8,7 +8,7 @@ Three modules around CLIP (docs/methods.md):
   frame's message is appended to its tokens for the block's attention (``Block.pre_attn``) and
   removed before the MLP (``Block.pre_mlp``);
 * a multi-frame integration transformer over the frame embeddings: learned ``[T, E]`` position
-  embedding, 1 block with 8 heads, residual, mean over time (``ClipVideoClassifier.temporal``);
+  embedding, 1 block with 8 heads, residual, mean over time (the model's temporal stage);
 * video-specific prompts: the class-name embeddings (the bare name is the prompt) attend to the
   clip's patch tokens (LN, projected to E, averaged over frames) in 2 cross-attention layers;
   class embedding = text + alpha * decoder(text, visual), alpha per channel, initialised 0.1.
@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vit import ACTIVATIONS, Attention, TokenLayout
-from ..checkpoints.convert import _HF_CLIP_RULES, _fuse_qkv, _rename, convert_hf_clip
-from ..clip.heads import ClipOptions, clip_model_of
+from ..checkpoints.convert import HF_CLIP_RULES, convert_hf_clip, fuse_qkv, rename_keys
+from ..clip.heads import TextHead
 from ..clip.text import convert_hf_text
+from ..clip.towers import ClipOptions
 from ..errors import ConfigError
+from .base import Method, MethodParts, Target
 from .efficient_prompt import TemporalTransformer
-from .registry import Trainable, register_method
 
 StateDict = dict[str, Tensor]
 
@@ -158,14 +159,14 @@ class VideoSpecificPrompts(nn.Module):
         self.register_buffer("embeddings", torch.empty(0), persistent=False)
 
     @torch.no_grad()
-    def set_classes(self, model, names: Sequence[str]) -> None:
-        self.tokens = model.tokenizer(list(names), model.text.cfg.context_length).to(
-            model.logit_scale.device)
-        self.embeddings = model.text(self.tokens)  # [C, E]
+    def set_classes(self, head: TextHead, names: Sequence[str]) -> None:
+        self.tokens = head.tokenizer(list(names), head.text.cfg.context_length).to(
+            head.logit_scale.device)
+        self.embeddings = head.text(self.tokens)  # [C, E]
 
-    def forward(self, model, visual: Tensor) -> Tensor:
+    def forward(self, head: TextHead, visual: Tensor) -> Tensor:
         """``visual``: the visual context tokens ``[B, P, E]``."""
-        text = model.text(self.tokens) if self.tune_text else self.embeddings  # [C, E]
+        text = head.text(self.tokens) if self.tune_text else self.embeddings  # [C, E]
         text = text.expand(visual.shape[0], -1, -1)  # [B, C, E]
         visual = self.norm(visual)
         generated = text
@@ -174,10 +175,9 @@ class VideoSpecificPrompts(nn.Module):
         return text + self.alpha * generated  # [B, C, E]
 
 
-@register_method("xclip", XCLIPConfig, exclusive=True)
-def apply_xclip(model, cfg: XCLIPConfig) -> Trainable:
-    model = clip_model_of(model, "xclip")
-    vit, E = model.backbone, model.embed_dim
+def apply_xclip(target: Target, cfg: XCLIPConfig) -> MethodParts:
+    vit, towers = target.backbone, target.towers
+    E = towers.text.output_dim
     eps = vit.cfg.norm_eps
     messages = []
     for block in vit.blocks:
@@ -185,18 +185,20 @@ def apply_xclip(model, cfg: XCLIPConfig) -> Trainable:
         block.pre_attn.append(message)
         block.pre_mlp.append(DropMessageTokens())
         messages.append(message)
-    model.temporal = TemporalTransformer(E, model.num_frames, cfg.mit_layers, cfg.mit_heads,
-                                         residual=True, act="quick_gelu", init_std=0.02)
-    model.visual_context = VisualContext(vit.width, E, eps)
-    model.prompts = VideoSpecificPrompts(E, cfg, cfg.tune_text_encoder, eps)
-    model.set_classes(model.classes)
-    trainable: list[nn.Module] = [*messages, model.temporal, model.visual_context,
-                                  model.prompts]
+    temporal = TemporalTransformer(E, target.num_frames, cfg.mit_layers, cfg.mit_heads,
+                                   residual=True, act="quick_gelu", init_std=0.02)
+    context = VisualContext(vit.width, E, eps)
+    prompts = VideoSpecificPrompts(E, cfg, cfg.tune_text_encoder, eps)
+    trainable: list[nn.Module] = [*messages, temporal, context, prompts]
     if cfg.tune_image_encoder:
         trainable.append(vit)
     if cfg.tune_text_encoder:
-        trainable.append(model.text)
-    return trainable
+        trainable.append(towers.text)
+    head = TextHead(towers, target.classes, prompts)
+    return MethodParts(trainable, temporal=temporal, head=head, context=context)
+
+
+METHOD = Method("xclip", XCLIPConfig, apply_xclip)
 
 
 # ---- Hugging Face XCLIPModel weights -----------------------------------------------------------
@@ -210,11 +212,11 @@ _MESSAGE_RULES = [
 _HEAD_RULES = [
     (r"^mit\.position_embedding$", "temporal.temporal_embed"),
     (r"^mit\.encoder\.layers\.", "temporal.blocks."),
-    (r"^prompts_visual_layernorm\.", "visual_context.norm."),
-    (r"^prompts_visual_projection$", "visual_context.proj"),
-    (r"^prompts_generator\.layernorm\.", "prompts.norm."),
-    (r"^prompts_generator\.decoder\.", "prompts.layers."),
-    (r"^prompts_generator\.alpha$", "prompts.alpha"),
+    (r"^prompts_visual_layernorm\.", "context.norm."),
+    (r"^prompts_visual_projection$", "context.proj"),
+    (r"^prompts_generator\.layernorm\.", "head.prompts.norm."),
+    (r"^prompts_generator\.decoder\.", "head.prompts.layers."),
+    (r"^prompts_generator\.alpha$", "head.prompts.alpha"),
     (r"\.cross_attn\.([qkv])_proj\.", r".cross_attn.\1."),
     (r"\.mlp\.0\.", ".mlp.fc1."),
     (r"\.mlp\.3\.", ".mlp.fc2."),
@@ -223,16 +225,16 @@ _HEAD_RULES = [
 
 def convert_hf_xclip(state_dict: StateDict) -> tuple[StateDict, StateDict, StateDict]:
     """An HF ``XCLIPModel`` state dict → (image tower with its message modules, text tower,
-    the X-CLIP modules of the classifier: ``temporal.*``, ``visual_context.*``, ``prompts.*``)."""
+    the X-CLIP modules of the video model: ``temporal.*``, ``context.*``, ``head.prompts.*``)."""
     vision = {re.sub(r"^vision_model\.pre_layernorm\.", "vision_model.pre_layrnorm.", k): v
               for k, v in state_dict.items()
               if k.startswith("vision_model.") or k == "visual_projection.weight"}
-    visual = _rename(convert_hf_clip(vision), _MESSAGE_RULES)
-    _fuse_qkv(visual)
+    visual = rename_keys(convert_hf_clip(vision), _MESSAGE_RULES)
+    fuse_qkv(visual)
     text = convert_hf_text(state_dict)
     heads = {k: v for k, v in state_dict.items()
              if k.startswith(("mit.", "prompts_visual_", "prompts_generator."))}
-    head = _rename(heads, _HEAD_RULES + _HF_CLIP_RULES)
+    head = rename_keys(heads, _HEAD_RULES + HF_CLIP_RULES)
     head["temporal.temporal_embed"] = head["temporal.temporal_embed"][0]  # [T, E]
-    _fuse_qkv(head)
+    fuse_qkv(head)
     return visual, text, head

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..clip.heads import TemplateOptions, TemplatePrompts, clip_model_of
-from .registry import Trainable, register_method
+from ..clip.heads import TemplateOptions, TemplatePrompts, TextHead
+from .base import Method, MethodParts, Target
 
 
 @dataclass
@@ -14,9 +14,9 @@ class ZeroShotConfig(TemplateOptions):
     """Frozen CLIP; class embeddings from ``templates`` (see ``clip.prompts.TEMPLATES``)."""
 
 
-@register_method("zero_shot", ZeroShotConfig, exclusive=True)
-def apply_zero_shot(model, cfg: ZeroShotConfig) -> Trainable:
-    model = clip_model_of(model, "zero_shot")
-    model.prompts = TemplatePrompts(cfg.templates)
-    model.set_classes(model.classes)
-    return []
+def apply_zero_shot(target: Target, cfg: ZeroShotConfig) -> MethodParts:
+    return MethodParts(head=TextHead(target.towers, target.classes,
+                                     TemplatePrompts(cfg.templates)))
+
+
+METHOD = Method("zero_shot", ZeroShotConfig, apply_zero_shot)

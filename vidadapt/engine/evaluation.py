@@ -1,0 +1,97 @@
+"""Evaluating an experiment: the library behind ``vidadapt eval`` and ``base-to-new``.
+
+:func:`evaluate_config` builds the model of a config, loads an adapter checkpoint into it (or,
+for methods that learn nothing by gradients, fits it on the training set) and scores it on
+every view of a split (``engine.evaluate`` has the metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ..config import ExperimentConfig
+from ..data.dataset import VideoDataset
+from ..errors import ConfigError
+from ..models import VideoModel
+from .build import build_dataset, build_model, resolve_data
+from .checkpoint import AdapterCheckpoint, load_adapter
+from .data import ShardedSampler, make_loader
+from .distributed import DistInfo
+from .evaluate import classification_metrics, left_out, predict
+from .features import feature_datasets
+from .trainer import autocast_dtype
+
+logger = logging.getLogger("vidadapt")
+
+
+def evaluate_config(
+    cfg: ExperimentConfig, split: str, dist: DistInfo,
+    checkpoint: AdapterCheckpoint | None = None, checkpoint_path: str | None = None,
+) -> dict[str, Any]:
+    """Multi-view metrics of ``cfg``'s model on ``split``, with the adapter ``checkpoint`` or,
+    for methods that learn nothing by gradients, without one (``prepare_untrained``)."""
+    cfg.data = resolve_data(cfg.data, dist)
+    views = (cfg.data.test_clips, cfg.data.transform.test_crops)
+    classes = checkpoint.classes if checkpoint else None
+    dataset = build_dataset(cfg, split, train=False, classes=classes, views=views)
+    model = build_model(cfg, len(dataset.classes), dataset.classes)
+    amp_dtype = autocast_dtype(cfg.train.amp, dist.device)
+    if checkpoint:
+        load_adapter(model, checkpoint, checkpoint_path)
+        model.to(dist.device)
+    else:
+        prepare_untrained(cfg, model.to(dist.device), dataset.classes, amp_dtype, dist)
+    metrics = evaluate(cfg, model, dataset, amp_dtype, dist)
+    metrics["views"] = {"clips": views[0], "crops": views[1]}
+    return metrics
+
+
+def evaluate(
+    cfg: ExperimentConfig, model: VideoModel, dataset: VideoDataset,
+    amp_dtype: torch.dtype | None, dist: DistInfo,
+) -> dict[str, Any]:
+    """``classification_metrics`` of ``model`` on every view of ``dataset`` (all ranks)."""
+    sampler = ShardedSampler(len(dataset), shuffle=False, rank=dist.rank,
+                             world_size=dist.world_size)
+    loader = make_loader(dataset, sampler, cfg.data.eval_batch_size, cfg.data.num_workers,
+                         cfg.train.seed, pin_memory=dist.device.type == "cuda")
+    scores = predict(model, loader, dist.device, amp_dtype, dist, progress=dist.is_main)
+    metrics = classification_metrics(scores, dataset.classes)
+    metrics["skipped"] = left_out(dataset, metrics["num_videos"], dist)
+    return metrics
+
+
+def prepare_untrained(
+    cfg: ExperimentConfig, model: VideoModel, classes: list[str],
+    amp_dtype: torch.dtype | None, dist: DistInfo,
+) -> None:
+    """Make a model without a checkpoint ready to score: only methods that learn nothing by
+    gradients can do without one (their data-fitted state comes from the training set)."""
+    if any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"method {cfg.model.method} trains parameters; pass the --checkpoint "
+                          "that `vidadapt train` wrote")
+    chosen = fit_without_training(cfg, model, classes, dist.device, amp_dtype, dist)
+    if chosen:
+        logger.info("selected on data.val: %s", chosen)
+
+
+def fit_without_training(
+    cfg: ExperimentConfig, model: VideoModel, classes: list[str], device: torch.device,
+    amp_dtype: torch.dtype | None = None, dist: DistInfo | None = None,
+) -> dict[str, float]:
+    """Prepare a model that learns nothing by gradients (zero-shot, training-free Tip-Adapter)
+    for evaluation: fit it on the training features and select its hyper-parameters on the
+    validation features (``data.val``), labels indexing ``classes``. Returns the selection."""
+    if not model.needs_training_features:
+        return {}
+    views = (cfg.data.test_clips, cfg.data.transform.test_crops)
+    train_set = build_dataset(cfg, "train", train=True, classes=classes)
+    val_set = build_dataset(cfg, "val", train=False, classes=classes, views=views)
+    train, val = feature_datasets(cfg, model, train_set, val_set, device, amp_dtype, dist)
+    if cfg.data.test == cfg.data.val:
+        logger.warning("data.val is also data.test: hyper-parameters selected on it make its "
+                       "accuracy optimistic")
+    return model.select_hparams(val.features, val.labels[:, 0])

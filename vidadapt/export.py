@@ -1,0 +1,116 @@
+"""One self-contained safetensors model for serving, from a trained model.
+
+An adapter checkpoint holds only the tuned tensors; serving needs the frozen encoders too.
+:func:`save_exported` writes the model's whole state, with every LoRA update folded into the
+frozen weight it adapts (``methods.lora.merged_state_dict``). Where nothing else remains —
+LoRA, BitFit, full fine-tuning, the linear probe — the file is a plain ViT + head (``plain``):
+serving costs exactly what the image model costs. Methods that add modules (AIM, ST-Adapter,
+VPT, prefix, adapters, a text head) cannot fold; their modules' weights are written beside the
+backbone's and the model keeps their compute. A text head's file also holds the text tower's
+architecture, the tokenizer and the class names. :func:`load_exported` rebuilds either kind
+without the pretrained file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, replace
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor
+
+from .checkpoints import create_backbone
+from .clip.heads import TextHead
+from .clip.text import TextConfig, TextTransformer
+from .clip.tokenizer import ClipTokenizer
+from .clip.towers import Clip
+from .engine.checkpoint import atomic_write, upgrade_names
+from .errors import CheckpointError, UserError
+from .methods.lora import merged_state_dict
+from .methods.registry import parse_methods
+from .models import ModelSpec, VideoModel, create_model, spec_kwargs
+
+EXPORT_FORMAT = "vidadapt-model/1"
+PLAIN_METHOD = "linear"  # a model with no method modules: the plain ViT + head
+
+
+def serving_spec(spec: ModelSpec) -> ModelSpec:
+    """The architecture of the exported model: ``spec`` without LoRA (folded into the frozen
+    weights), and the plain model (``linear``) where no method modules remain."""
+    kept = [m for m in parse_methods(spec.method) if m.name != "lora"]
+    kept_spec = replace(spec, method="+".join(m.name for m in kept) or PLAIN_METHOD,
+                        options={m.name: spec.options[m.name] for m in kept})
+    if any(m.classifies_with_text for m in kept):
+        return kept_spec  # a text head is never the plain model
+    with torch.device("meta"):  # shapes only: which keys would the remaining model have?
+        plain_spec = replace(spec, method=PLAIN_METHOD, options={PLAIN_METHOD: {}})
+        plain_keys = set(create_model(**spec_kwargs(plain_spec)).state_dict())
+        kept_keys = set(create_model(**spec_kwargs(kept_spec)).state_dict())
+    # BitFit and full fine-tuning change only the image model's own tensors: plain as well.
+    return plain_spec if kept_keys == plain_keys else kept_spec
+
+
+def export_state(model: VideoModel) -> tuple[dict[str, Tensor], ModelSpec]:
+    """The model's whole state with LoRA folded in, and the spec of the model it loads into."""
+    spec = model.spec
+    if spec is None or spec.backbone == "custom":
+        raise UserError("export writes models that vidadapt.create_model builds from a backbone "
+                        "preset; a custom ViT or Clip object cannot be rebuilt from the file")
+    state = {k: v.detach().contiguous().cpu() for k, v in merged_state_dict(model).items()}
+    return state, serving_spec(spec)
+
+
+def save_exported(path: str | os.PathLike, model: VideoModel,
+                  classes: list[str] | None = None) -> ModelSpec:
+    """Write :func:`export_state` of ``model`` to ``path``; returns the serving spec."""
+    state, spec = export_state(model)
+    metadata = {
+        "format": EXPORT_FORMAT,
+        "spec": json.dumps(asdict(spec)),
+        "trained_method": model.spec.method,
+        "classes": json.dumps(classes),
+    }
+    if isinstance(model.head, TextHead):  # what rebuilds the text tower and its tokenizer
+        tokenizer = model.head.tokenizer
+        metadata["classes"] = json.dumps(model.head.classes)
+        metadata["text"] = json.dumps({
+            "config": asdict(model.head.text.cfg),
+            "vocab": tokenizer.encoder,
+            "merges": tokenizer.merges,
+        })
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    return spec
+
+
+def load_exported(path: str | os.PathLike) -> tuple[VideoModel, list[str] | None]:
+    """The model a :func:`save_exported` file holds (in eval mode) and its class names."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
+    if metadata.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{path} is not a model written by `vidadapt export` (format "
+                              f"{metadata.get('format')!r}, expected {EXPORT_FORMAT!r})")
+    spec = ModelSpec(**json.loads(metadata["spec"]))
+    classes = json.loads(metadata["classes"])
+    kwargs = spec_kwargs(spec)
+    with torch.device("meta"):  # no random init: every tensor comes from the file
+        if "text" in metadata:
+            kwargs.update(backbone=_towers(spec, json.loads(metadata["text"])), classes=classes)
+        model = create_model(**kwargs)
+    model.load_state_dict(upgrade_names(load_file(str(path))), strict=True, assign=True)
+    model.spec = spec
+    if "text" in metadata:  # class embeddings are not stored: embed them with the loaded tower
+        model.set_classes(classes)
+    return model.eval(), classes
+
+
+def _towers(spec: ModelSpec, text: dict) -> Clip:
+    """Empty towers shaped as the exported model's (weights come from the file)."""
+    visual = create_backbone(spec.backbone, image_size=spec.image_size)
+    tokenizer = ClipTokenizer([tuple(pair) for pair in text["merges"]], text["vocab"])
+    return Clip(visual, TextTransformer(TextConfig(**text["config"])), tokenizer, 0.0)
