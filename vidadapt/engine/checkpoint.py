@@ -121,8 +121,9 @@ def backbone_fingerprint(model: nn.Module, format1_names: bool = False) -> str:
     """
     digest = hashlib.sha256()
     frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
-    if format1_names:
+    if format1_names:  # format 1's CLIP classifier held its logit scale itself: listed first
         frozen = rename_keys(frozen, _TO_FORMAT1_NAMES)
+        frozen = dict(sorted(frozen.items(), key=lambda item: item[0] != "logit_scale"))
     for name, param in frozen.items():
         flat = param.detach().reshape(-1)
         picks = torch.linspace(0, flat.numel() - 1, min(FINGERPRINT_SAMPLES, flat.numel()))
