@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -16,6 +17,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 # The README's examples name files and sizes of real models; the test runs them on the
 # packaged tiny image model instead.
 TINY = {
+    'backbone="vit_b16_clip", pretrained="ViT-B-16.pt"':  # a CLIP file: both towers
+    'backbone="vit_tiny_clip", pretrained="builtin:clip_tiny_synthetic"',
     '"ViT-B-16.pt"': '"builtin:vit_tiny_synthetic"',
     '"vit_b16_clip"': '"vit_tiny"',
     "224, 224": "32, 32",
@@ -69,3 +72,66 @@ def test_make_shows_pips_progress():
     makefile = (README.parent / "Makefile").read_text()
     installs = [line for line in makefile.splitlines() if "pip install" in line]
     assert installs and not any(re.search(r"\s-q\b|--quiet", line) for line in installs)
+
+
+def module_imports() -> dict[str, set[str]]:
+    """vidadapt's modules → the vidadapt modules each imports when it loads (module level;
+    not under ``if TYPE_CHECKING``)."""
+    package = Path(vidadapt.__file__).parent
+    names = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in names.items():
+        package_of = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        imported = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package_of.rsplit(".", node.level - 1)[0] if node.level > 1 else package_of
+                target = f"{base}.{node.module}" if node.module else base
+            elif isinstance(node, ast.ImportFrom):
+                target = node.module
+            else:
+                continue
+            for alias in node.names:  # `from . import aim` imports the module vidadapt.x.aim
+                imported.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in names
+                             else target)
+        graph[name] = {m for m in imported if m in names and m != name}
+    return graph
+
+
+def assert_acyclic(graph: dict[str, set[str]]) -> None:
+    visiting, done = set(), set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in visiting, f"import cycle: {' -> '.join(path + (module,))}"
+        if module in done:
+            return
+        visiting.add(module)
+        for imported in graph[module]:
+            visit(imported, path + (module,))
+        visiting.discard(module)
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
+
+
+def test_the_import_graph_has_no_cycles_and_methods_sit_below_the_model():
+    graph = module_imports()
+    assert_acyclic(graph)
+    # The rooms too (vidadapt.methods, vidadapt.clip, ...): their arrows all point one way.
+    rooms: dict[str, set[str]] = {}
+    for module, imported in graph.items():
+        room = ".".join(module.split(".")[:2])
+        rooms.setdefault(room, set()).update(
+            r for r in (".".join(m.split(".")[:2]) for m in imported) if r != room)
+    assert_acyclic({room: rooms.get(room, set()) & rooms.keys() for room in rooms})
+    upper = ("vidadapt.models", "vidadapt.engine", "vidadapt.commands", "vidadapt.export")
+    for module, imported in graph.items():
+        if module.startswith(("vidadapt.methods", "vidadapt.clip", "vidadapt.backbones",
+                              "vidadapt.checkpoints")):
+            assert not {m for m in imported if m.startswith(upper)}, module
+        if module.startswith("vidadapt.methods.") and module != "vidadapt.methods.registry":
+            assert "vidadapt.methods.registry" not in imported, module

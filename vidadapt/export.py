@@ -23,7 +23,6 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
 from .checkpoints import create_backbone
-from .clip.heads import TextHead
 from .clip.text import TextConfig, TextTransformer
 from .clip.tokenizer import ClipTokenizer
 from .clip.towers import Clip
@@ -31,6 +30,7 @@ from .engine.checkpoint import atomic_write, upgrade_names
 from .errors import CheckpointError, UserError
 from .methods.lora import merged_state_dict
 from .methods.registry import parse_methods
+from .methods.text_head import TextHead
 from .models import ModelSpec, VideoModel, create_model, spec_kwargs
 
 EXPORT_FORMAT = "vidadapt-model/1"

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .backbones import ViT
 from .backbones.vit import TokenLayout
+from .checkpoints import create_backbone
 from .clip.towers import Clip, build_clip
 from .errors import ConfigError
 from .methods.base import STAGES, Head, Method, MethodParts, Target, Trainable
@@ -345,8 +346,6 @@ def _encoders(
     elif text_cfg is not None:
         towers, name = build_clip(text_cfg, classes, backbone, pretrained, **overrides), backbone
     else:
-        from .checkpoints import create_backbone  # heavy file readers load only when needed
-
         towers, name = None, backbone
         vit = create_backbone(backbone, pretrained=pretrained, **overrides)
     if towers is not None:

@@ -13,7 +13,6 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from .checkpoints import create_backbone
-from .clip.heads import TextHead
 from .clip.text import TextTransformer, text_preset
 from .clip.tokenizer import ClipTokenizer
 from .clip.towers import (
@@ -25,6 +24,7 @@ from .clip.towers import (
     readable,
 )
 from .methods.registry import parse_methods
+from .methods.text_head import TextHead
 from .models import VideoModel, create_model, method_configs
 
 

@@ -1,6 +1,6 @@
 """The CLIP vision-language side: text tower, tokenizer, prompt templates; both towers
 (``clip.towers``, ``vidadapt.load_clip``) and the text head that classifies with them
-(``clip.heads``)."""
+(``methods.text_head``)."""
 
 from .prompts import TEMPLATES, resolve_templates
 from .text import TEXT_PRESETS, TextConfig, TextTransformer, text_encoder_weights

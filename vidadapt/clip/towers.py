@@ -4,7 +4,7 @@
     model = create_model("coop", pretrained="ViT-B-16.pt", classes=classes, num_frames=8)
 
 A method whose config extends :class:`ClipOptions` classifies with a text head
-(``clip.heads.TextHead``); ``create_model`` then builds the towers with :func:`build_clip`.
+(``methods.text_head.TextHead``); ``create_model`` then builds the towers with :func:`build_clip`.
 """
 
 from __future__ import annotations

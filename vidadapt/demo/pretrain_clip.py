@@ -31,12 +31,11 @@ from torch import Tensor, nn
 
 from ..backbones import ViT, preset_config
 from ..checkpoints import create_backbone
-from ..clip.heads import readable
 from ..clip.prompts import resolve_templates
 from ..clip.save import save_clip
 from ..clip.text import TextTransformer, text_preset
 from ..clip.tokenizer import CONTEXT_LENGTH, ClipTokenizer  # CLIP's 77 tokens
-from ..clip.towers import DEFAULT_LOGIT_SCALE, Clip
+from ..clip.towers import DEFAULT_LOGIT_SCALE, Clip, readable
 from ..data.synthetic import CLASSES, ObjectTrack
 from ..data.transforms import NORMALIZATION
 from .pretrain import SHAPES, sample_still

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vit import TokenLayout
-from ..clip.heads import TextHead
 from ..clip.prompts import resolve_templates
 from ..clip.towers import ClipOptions
 from ..errors import ConfigError
 from .base import Method, MethodParts, Target
 from .efficient_prompt import TemporalTransformer
+from .text_head import TextHead
 
 FUSIONS = ("mean", "conv1d", "lstm", "transformer")
 

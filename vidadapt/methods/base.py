@@ -53,7 +53,7 @@ class MethodParts:
     temporal: nn.Module | None = None  # learned fusion of frame embeddings ``[B, T, E]`` into
     # the clip embedding ``[B, E]`` (replaces the mean over frames)
     head: Head | None = None  # replaces the linear head: ``head(features, context)``
-    # -> logits (``clip.heads.TextHead``)
+    # -> logits (``methods.text_head.TextHead``)
     context: nn.Module | None = None  # an extra input of the head computed from the last
     # block's tokens: ``context(tokens, layout)`` (X-CLIP's visual context)
     loss: LossFn | None = None  # training loss ``(logits, labels) -> loss`` replacing

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..clip.heads import TemplateOptions, TemplatePrompts, TextHead
 from ..errors import ConfigError
 from .base import Method, MethodParts, Target
+from .text_head import TemplateOptions, TemplatePrompts, TextHead
 
 
 @dataclass

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..clip.heads import TextHead
 from ..clip.towers import Clip, ClipOptions
 from ..errors import ConfigError
 from .base import Method, MethodParts, Target
 from .coop import CLASS_POSITIONS, CoOpPrompts
+from .text_head import TextHead
 
 
 @dataclass

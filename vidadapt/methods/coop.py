@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..clip.heads import TextHead
 from ..clip.text import end_positions
 from ..clip.towers import Clip, ClipOptions
 from ..errors import ConfigError
 from .base import Method, MethodParts, Target
+from .text_head import TextHead
 
 CLASS_POSITIONS = ("end", "middle", "front")
 PLACEHOLDER = "X"  # stands for one context vector when the prompt is tokenized (one token)

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones.vit import Block, TokenLayout, ViTConfig
-from ..clip.heads import TextHead
 from ..clip.towers import ClipOptions
 from ..errors import ConfigError
 from .base import Method, MethodParts, Target
 from .coop import CoOpPrompts
+from .text_head import TextHead
 
 
 @dataclass

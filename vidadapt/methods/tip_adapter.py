@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..clip.heads import TemplateOptions, TemplatePrompts, TextHead
 from ..errors import ConfigError
 from .base import Method, MethodParts, Target
+from .text_head import TemplateOptions, TemplatePrompts, TextHead
 
 
 @dataclass

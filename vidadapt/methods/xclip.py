@@ -29,12 +29,12 @@ from torch import Tensor, nn
 
 from ..backbones.vit import ACTIVATIONS, Attention, TokenLayout
 from ..checkpoints.convert import HF_CLIP_RULES, convert_hf_clip, fuse_qkv, rename_keys
-from ..clip.heads import TextHead
 from ..clip.text import convert_hf_text
 from ..clip.towers import ClipOptions
 from ..errors import ConfigError
 from .base import Method, MethodParts, Target
 from .efficient_prompt import TemporalTransformer
+from .text_head import TextHead
 
 StateDict = dict[str, Tensor]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..clip.heads import TemplateOptions, TemplatePrompts, TextHead
 from .base import Method, MethodParts, Target
+from .text_head import TemplateOptions, TemplatePrompts, TextHead
 
 
 @dataclass

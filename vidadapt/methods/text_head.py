@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..clip.prompts import resolve_templates
+from ..clip.towers import Clip, ClipOptions, readable
 from ..errors import ConfigError
-from ..methods.base import Head
-from .prompts import resolve_templates
-from .towers import Clip, ClipOptions, readable
+from .base import Head
 
 logger = logging.getLogger("vidadapt")
 
