@@ -295,13 +295,16 @@ def create_model(
                                             {"image_size": image_size})}
     vit, towers, backbone_name = _encoders(backbone, text_cfg, names, pretrained, overrides)
 
+    # A linear head's weights are drawn before the methods' modules: a seed gives the model
+    # that earlier releases gave.
+    linear = LinearHead(vit.width, count, dropout) if text_cfg is None else None
     target = Target(vit, num_frames, names or [str(i) for i in range(count)], towers)
     applied = {m.name: m.apply(target, configs[m.name]) for m in methods}
     parts = merge_parts(applied)
     trainable = {name: list(p.trainable) for name, p in applied.items()}
     if parts.head is None:
-        parts.head = LinearHead(vit.width, count, dropout)
-        trainable = {"head": [parts.head], **trainable}
+        parts.head = linear
+        trainable = {"head": [linear], **trainable}
     frame_pool = text_cfg.temporal_pool if text_cfg is not None else "mean"
     model = VideoModel(vit, num_frames, parts, frame_pool)
     model.set_trainable(trainable)
