@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ from vidadapt.config import (
 from vidadapt.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from vidadapt.engine.build import build_model
 from vidadapt.errors import ConfigError
+from vidadapt.methods.aim import AIMConfig
 from vidadapt.methods.registry import parse_methods
+from vidadapt.methods.st_adapter import STAdapterConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts)
@@ -60,7 +63,8 @@ def test_every_recipe_loads_and_builds_on_the_meta_device(recipe):
 
 def test_recipes_carry_the_reference_numbers():
     ssv2 = load_config(CONFIGS / "aim/ssv2_vit_b16_8.yaml")
-    assert ssv2.method == {"num_tadapter": 2, "adapter_scale": 1.0, "drop_path": 0.2}
+    # Loading types the options: the method's config dataclass, the recipe's values in it.
+    assert ssv2.method == {"aim": AIMConfig(num_tadapter=2, adapter_scale=1.0, drop_path=0.2)}
     assert (ssv2.optim.label_smoothing, ssv2.optim.epochs) == (0.1, 50)
     assert ssv2.data.transform.rand_augment == (4, 7)
     assert (ssv2.data.transform.random_erasing, ssv2.data.transform.flip) == (0.25, False)
@@ -72,7 +76,7 @@ def test_recipes_carry_the_reference_numbers():
     assert (large.model.num_frames, large.data.sampler.interval) == (32, 4)
     assert large.data.test_clips == 3
     st = load_config(CONFIGS / "st_adapter/ssv2_vit_b16_8_24x384.yaml")
-    assert st.method["positions"] == ["pre_attn", "pre_mlp"]
+    assert st.method["st_adapter"].positions == ("pre_attn", "pre_mlp")
     assert (st.optim.lr, st.optim.weight_decay, st.optim.warmup_epochs) == (2.5e-4, 0.01, 2.0)
     diving = load_config(CONFIGS / "aim/diving48_vit_b16_32.yaml")
     assert (diving.model.num_frames, diving.model.num_classes, diving.data.sampler.type) == (
@@ -135,7 +139,12 @@ def test_method_options_are_checked_by_the_method():
         config_from_dict({"model": {"method": "aim+st_adapter"}, "method": {"rank": 4}})
     stacked = config_from_dict({"model": {"method": "aim+st_adapter"},
                                 "method": {"st_adapter": {"width": 64}}})
-    assert stacked.method_options() == {"aim": {}, "st_adapter": {"width": 64}}
+    assert stacked.method == {"aim": AIMConfig(), "st_adapter": STAdapterConfig(width=64)}
+    # Written back as a recipe writes it (every option spelled out), it loads the same.
+    assert config_from_dict(stacked.to_dict()).method == stacked.method
+    lone = config_from_dict({"method": {"num_tadapter": 2}})
+    assert lone.to_dict()["method"] == dataclasses.asdict(AIMConfig(num_tadapter=2))
+    assert config_from_dict(lone.to_dict()).method == lone.method
 
 
 def test_override_values_are_yaml():

@@ -148,8 +148,8 @@ def test_efficient_prompt_options_are_checked(tokenizer):
 
 def test_efficient_prompt_recipe_is_the_papers_architecture():
     cfg, model = paper_recipe("efficient_prompt/k400_vit_b16_8.yaml")
-    assert {k: cfg.method[k] for k in ("prefix_len", "suffix_len", "temperature")} == {
-        "prefix_len": 16, "suffix_len": 16, "temperature": 0.07}
+    options = cfg.method["efficient_prompt"]
+    assert (options.prefix_len, options.suffix_len, options.temperature) == (16, 16, 0.07)
     # ViT-B/16: E = 512; two 512-wide blocks with 4x MLPs; 8 x 512 temporal embedding.
     block = 2 * 2 * 512 + (512 * 1536 + 1536) + (512 * 512 + 512) + 2 * 512 * 2048 + 2048 + 512
     assert model.parameter_counts()["tunable"] == 32 * 512 + 8 * 512 + 2 * block == 6_325_248
@@ -301,7 +301,7 @@ def test_actionclip_options_are_checked(tokenizer):
 
 def test_actionclip_recipes_fine_tune_both_towers():
     long = load_config(CONFIGS / "actionclip/k400_vit_b16_32.yaml")
-    assert (long.model.num_frames, long.method["tune_image_encoder"]) == (32, True)
+    assert (long.model.num_frames, long.method["actionclip"].tune_image_encoder) == (32, True)
     cfg, model = paper_recipe("actionclip/k400_vit_b16_8.yaml")
     assert (cfg.optim.lr, cfg.optim.lr_mult) == (5e-6, {r"^temporal\.": 10.0})
     counts = model.parameter_counts()
@@ -453,7 +453,7 @@ def test_xclip_trains_its_modules_and_optionally_the_towers(tokenizer, tune):
 
 def test_xclip_recipe_gives_the_new_modules_ten_times_the_image_towers_rate():
     cfg, model = paper_recipe("xclip/k400_vit_b16_8.yaml")
-    assert (cfg.optim.lr, cfg.method["tune_image_encoder"]) == (8e-6, True)
+    assert (cfg.optim.lr, cfg.method["xclip"].tune_image_encoder) == (8e-6, True)
     tuned = {n for n, p in model.named_parameters() if p.requires_grad}
     own = {".".join(filter(None, ("backbone", module_name, name)))  # the ViT's own weights
            for module_name, module in model.backbone.named_image_modules()

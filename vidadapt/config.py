@@ -127,29 +127,31 @@ class TrainConfig:
 @dataclass
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # what to build
-    method: dict[str, Any] = field(default_factory=dict)  # method options (stacked: per name)
+    method: dict[str, Any] = field(default_factory=dict)  # method options; a recipe writes a
+    # lone method's flat and a stack's per name, loading gives {name: config dataclass}
     data: DataConfig = field(default_factory=DataConfig)  # what to read
     optim: OptimConfig = field(default_factory=OptimConfig)  # how to step
     train: TrainConfig = field(default_factory=TrainConfig)  # how to run
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        """Plain data, as a recipe writes it (every method option spelled out)."""
+        data = _plain(dataclasses.asdict(self))
+        method = {name: _plain(dataclasses.asdict(c)) for name, c in self.method_configs().items()}
+        data["method"] = next(iter(method.values())) if len(method) == 1 else method
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def method_options(self) -> dict[str, dict[str, Any]]:
-        """``{method name: options as written}`` (a stack's per name, a lone method's flat)."""
-        names = [m.name for m in parse_methods(self.model.method)]
-        if len(names) == 1:
-            return {names[0]: dict(self.method)}
-        return {name: dict(self.method.get(name) or {}) for name in names}
-
     def method_configs(self) -> dict[str, Any]:
-        """``{method name: its config dataclass}``, in stack order, for ``create_model``."""
+        """``{method name: its config dataclass}``, in stack order, for ``create_model``: what
+        a loaded config's ``method`` holds (one assembled in code may still hold the options
+        as written; they are built here)."""
         methods = parse_methods(self.model.method)
-        options = self.method_options()
-        return {m.name: m.make_config(options[m.name]) for m in methods}
+        lone = methods[0].name
+        if len(methods) == 1 and set(self.method) != {lone}:
+            return {lone: methods[0].make_config(self.method)}  # flat, as written
+        return {m.name: m.make_config(self.method.get(m.name)) for m in methods}
 
 
 # ---- value checks that types cannot express ---------------------------------------------------
@@ -477,7 +479,7 @@ def _check_model(cfg: ExperimentConfig, where: _Where) -> None:
                     f"stacked methods take options per method name ({cfg.model.method}); "
                     f"unexpected {extra}"
                 )
-        cfg.method_configs()
+        cfg.method = cfg.method_configs()
     except (ConfigError, ValueError, TypeError) as err:
         key = "method" if cfg.method else "model.method"
         raise ConfigError(f"{where.latest(key)}: {key}: {err}") from err
