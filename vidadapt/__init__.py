@@ -26,6 +26,8 @@ _API = {
     "register_method": ".methods.registry",
     "load_clip": ".clip.towers",
     "save_clip": ".clip.save",
+    "save_pretrained": ".hub",
+    "from_pretrained": ".hub",
     "ExperimentConfig": ".config",
     "load_config": ".config",
     "config_from_dict": ".config",
@@ -36,8 +38,8 @@ _API = {
 __all__ = [  # the names of _API (a test checks they agree)
     "ExperimentConfig", "Method", "MethodParts", "ModelSpec", "Trainer", "ViT", "ViTConfig",
     "VideoModel", "__version__", "config_from_dict", "create_backbone", "create_model",
-    "load_clip", "load_config", "load_image_encoder", "preset_config", "register_method",
-    "save_clip", "train_experiment",
+    "from_pretrained", "load_clip", "load_config", "load_image_encoder", "preset_config",
+    "register_method", "save_clip", "save_pretrained", "train_experiment",
 ]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
@@ -48,6 +50,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .config import ExperimentConfig, config_from_dict, load_config
     from .engine.experiment import train_experiment
     from .engine.trainer import Trainer
+    from .hub import from_pretrained, save_pretrained
     from .methods.base import Method, MethodParts
     from .methods.registry import register_method
     from .models import ModelSpec, VideoModel, create_model
