@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -28,7 +29,7 @@ from .clip.tokenizer import ClipTokenizer
 from .clip.towers import Clip
 from .engine.checkpoint import atomic_write, upgrade_names
 from .errors import CheckpointError, UserError
-from .methods.lora import merged_state_dict
+from .methods.lora import lora_layers, merged_state_dict
 from .methods.registry import parse_methods
 from .methods.text_head import TextHead
 from .models import ModelSpec, VideoModel, create_model, spec_kwargs
@@ -114,3 +115,57 @@ def _towers(spec: ModelSpec, text: dict) -> Clip:
     visual = create_backbone(spec.backbone, image_size=spec.image_size)
     tokenizer = ClipTokenizer([tuple(pair) for pair in text["merges"]], text["vocab"])
     return Clip(visual, TextTransformer(TextConfig(**text["config"])), tokenizer, 0.0)
+
+
+# ---- LoRA in peft's layout ----------------------------------------------------------------------
+
+# vidadapt's names of the image model's linear layers → Hugging Face CLIPVisionModel's.
+_HF_LINEAR = {"attn.proj": "self_attn.out_proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+_HF_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+
+def save_peft_lora(model: VideoModel, folder: str | os.PathLike) -> Path:
+    """Write the LoRA of a ``lora`` model on a CLIP image tower as a peft adapter for Hugging
+    Face's ``CLIPVisionModel``: ``adapter_config.json`` + ``adapter_model.safetensors``
+    (``PeftModel.from_pretrained(clip_vision_model, folder)`` reads it), on the module names of
+    transformers 5 (``encoder.layers.N.self_attn.q_proj``; earlier releases nested them under
+    ``vision_model.``). A fused qkv's slices become the q/k/v projections' own A and B. The
+    video head is not part of a ``CLIPVisionModel``; it stays in vidadapt's files."""
+    if model.spec is None or model.spec.method != "lora":
+        raise UserError("a peft adapter holds LoRA alone: export a model whose method is lora "
+                        f"(this one is {model.spec.method if model.spec else 'unknown'})")
+    tensors, targets = {}, []
+    for name, layer in lora_layers(model.backbone).items():
+        block, _, local = name.partition(".")[2].partition(".")  # "3", "attn.qkv"
+        prefix = f"encoder.layers.{block}."
+        if local == "attn.qkv":
+            hf_names = [_HF_QKV[int(s)] for s in layer.slots.tolist()]
+        elif local in _HF_LINEAR:
+            hf_names = [_HF_LINEAR[local]]
+        else:
+            raise UserError(f"LoRA on {name} has no CLIPVisionModel counterpart")
+        for hf_name, a, b in zip(hf_names, layer.lora_A, layer.lora_B, strict=True):
+            key = f"base_model.model.{prefix}{hf_name}"
+            tensors[f"{key}.lora_A.weight"] = a.detach().float().contiguous()  # [r, in]
+            tensors[f"{key}.lora_B.weight"] = b.detach().float().contiguous()  # [out, r]
+            targets.append(prefix + hf_name)
+    options = model.spec.options["lora"]
+    config = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "r": options["rank"],
+        "lora_alpha": options["alpha"],
+        "lora_dropout": options["lora_dropout"],
+        "target_modules": sorted(targets),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "base_model_name_or_path": None,
+    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "adapter_model.safetensors",
+                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    text = json.dumps(config, indent=1) + "\n"
+    atomic_write(folder / "adapter_config.json", lambda tmp: tmp.write_text(text))
+    return folder
