@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_model_table import build, video
 
 from vidadapt.cli import main as cli
 from vidadapt.config import load_config
 from vidadapt.engine.build import build_model
 from vidadapt.engine.checkpoint import backbone_fingerprint, save_adapter
-from vidadapt.errors import CheckpointError
-from vidadapt.export import load_exported, save_exported, serving_spec
+from vidadapt.errors import CheckpointError, UserError
+from vidadapt.export import load_exported, save_exported, save_onnx, serving_spec
 from vidadapt.methods.lora import lora_layers
 from vidadapt.models import create_model
 
@@ -95,3 +96,28 @@ def test_export_refuses_files_it_did_not_write(tmp_path):
     save_adapter(adapter, model, backbone_fingerprint(model), cfg.to_dict(), CLASSES)
     with pytest.raises(CheckpointError, match="is not a model written by `vidadapt export`"):
         load_exported(adapter)
+
+
+ONNX_CAN = ["linear", "lora", "aim", "st_adapter", "vpt", "coop", "xclip", "lora+coop"]
+
+
+@pytest.mark.parametrize("stack", ONNX_CAN)
+def test_onnx_export_matches_pytorch_at_any_batch(stack, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = build(stack).eval()
+    path = save_onnx(model, tmp_path / "model.onnx")  # checked at batch 3 inside
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 4):
+        clips = video(batch)
+        (logits,) = session.run(None, {"video": clips.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(logits), model(clips), rtol=1e-4,
+                                       atol=1e-4)
+
+
+def test_a_model_whose_graph_holds_for_one_batch_only_is_refused(tmp_path):
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(UserError, match="cocoop traces to an ONNX graph that only holds for "
+                                        "the traced batch size"):
+        save_onnx(build("cocoop"), tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()

@@ -13,8 +13,10 @@ without the pretrained file.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from .clip.tokenizer import ClipTokenizer
 from .clip.towers import Clip
 from .engine.checkpoint import atomic_write, upgrade_names
 from .errors import CheckpointError, UserError
-from .methods.lora import lora_layers, merged_state_dict
+from .methods.lora import lora_layers, merge_lora, merged_state_dict
 from .methods.registry import parse_methods
 from .methods.text_head import TextHead
 from .models import ModelSpec, VideoModel, create_model, spec_kwargs
@@ -169,3 +171,67 @@ def save_peft_lora(model: VideoModel, folder: str | os.PathLike) -> Path:
     text = json.dumps(config, indent=1) + "\n"
     atomic_write(folder / "adapter_config.json", lambda tmp: tmp.write_text(text))
     return folder
+
+
+# ---- ONNX ---------------------------------------------------------------------------------------
+
+ONNX_OPSET = 17
+ONNX_TOLERANCE = 1e-4  # largest logit difference to PyTorch accepted when checking the file
+
+
+def save_onnx(model: VideoModel, path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
+    """Trace ``model`` (eval mode) to an ONNX file: input ``video`` ``[batch, T, 3, H, W]``,
+    output ``logits`` ``[batch, C]``, the batch dynamic, LoRA folded in. With onnxruntime
+    installed the file is checked against PyTorch at another batch size (to
+    ``ONNX_TOLERANCE``); a model whose traced graph does not hold for other batches (a
+    per-clip Python loop: CoCoOp; EVL) is refused in one line, as is one that cannot be traced
+    at all."""
+    spec = model.spec
+    method = spec.method if spec else "this model"
+    frames, size = (spec.num_frames, spec.image_size) if spec else (model.num_frames, 224)
+    if lora_layers(model):  # served folded, as `vidadapt export` serves it
+        model = copy.deepcopy(model)
+        merge_lora(model)
+    model.eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.randn(2, frames, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def export(tmp: Path) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python values
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=["video"], output_names=["logits"],
+                              dynamic_axes={"video": {0: "batch"}, "logits": {0: "batch"}})
+        _check_onnx(model, tmp, frames, size, method)
+
+    try:
+        atomic_write(path, export)
+    except UserError:
+        raise
+    except Exception as err:  # the tracer raises many types; the first line says why
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{method} cannot be traced to ONNX: {reason}") from None
+    return path
+
+
+def _check_onnx(model: VideoModel, path: Path, frames: int, size: int, method: str) -> None:
+    """The file's logits against PyTorch's at batch 3 (onnxruntime only; skipped without it)."""
+    try:
+        import onnxruntime  # optional: checks the file when installed
+    except ImportError:
+        return
+    video = torch.randn(3, frames, 3, size, size, generator=torch.Generator().manual_seed(1))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        (logits,) = session.run(None, {"video": video.numpy()})
+    except Exception as err:  # noqa: BLE001 (onnxruntime's own exception types)
+        raise UserError(f"{method} traces to an ONNX graph that only holds for the traced "
+                        f"batch size ({type(err).__name__}); export it with PyTorch instead") \
+            from None
+    with torch.no_grad():
+        gap = (torch.from_numpy(logits) - model(video)).abs().max().item()
+    if gap > ONNX_TOLERANCE:
+        raise UserError(f"{method}'s ONNX graph differs from PyTorch by {gap:.2g} at another "
+                        "batch size (a per-clip Python loop was traced); export it with "
+                        "PyTorch instead")

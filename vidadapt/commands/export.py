@@ -14,14 +14,18 @@ from ..engine.build import build_model
 from ..engine.checkpoint import load_adapter, read_adapter
 from ..engine.logs import setup_logging
 from ..errors import CheckpointError
-from ..export import PLAIN_METHOD, save_exported
+from ..export import ONNX_OPSET, PLAIN_METHOD, save_exported, save_onnx
 
 logger = logging.getLogger("vidadapt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="adapter .safetensors file written by `vidadapt train`")
-    parser.add_argument("--out", required=True, help="the model .safetensors file to write")
+    parser.add_argument("--out", required=True, help="the model file to write")
+    parser.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                        help="safetensors: vidadapt's serving file; onnx: a traced graph with "
+                             "a dynamic batch (checked with onnxruntime when installed)")
+    parser.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset")
     add_override_argument(parser)
 
 
@@ -34,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
                            default_origin=f"{args.checkpoint} (stored config)")
     model = build_model(cfg, checkpoint.spec.num_classes, checkpoint.classes)
     load_adapter(model, checkpoint, args.checkpoint)
+    if args.format == "onnx":
+        save_onnx(model, args.out, args.opset)
+        logger.info("wrote %s (%.1f MB): input video [batch, T, 3, H, W], output logits",
+                    args.out, Path(args.out).stat().st_size / 1e6)
+        return 0
     spec = save_exported(args.out, model, checkpoint.classes)
     size_mb = Path(args.out).stat().st_size / 1e6
     if spec.method == PLAIN_METHOD:
