@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones.vit import Block, DropPath, TokenLayout, ViT, linear_schedule
+from ..checkpoints.convert import convert_openai_clip, rename_keys
 from .base import Method, MethodParts, Target
 from .layers import Bottleneck
 
@@ -123,3 +124,39 @@ def apply_aim(target: Target, cfg: AIMConfig) -> MethodParts:
 
 
 METHOD = Method("aim", AIMConfig, apply_aim)
+
+
+# ---- the official release's checkpoints ----------------------------------------------------------
+
+# The AIM repository's mmaction2 model: a ViT_CLIP backbone (OpenAI CLIP names) whose blocks hold
+# T_Adapter_in / T_Adapter / S_Adapter / MLP_Adapter (each D_fc1 → GELU → D_fc2), a
+# [1, T, D] temporal_embedding, and an I3D head (cls_head.fc_cls).
+_RELEASE_ADAPTERS = [
+    (r"\.T_Adapter_in\.", ".pre_attn.0.adapter_in."),
+    (r"\.T_Adapter\.", ".pre_attn.0.adapter."),
+    (r"\.S_Adapter\.", ".post_attn.0.adapter."),
+    (r"\.MLP_Adapter\.", ".parallel_mlp.0.adapter."),
+    (r"\.D_fc1\.", ".down."),
+    (r"\.D_fc2\.", ".up."),
+]
+
+
+def convert_aim_release(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict]:
+    """The ``state_dict`` of an official AIM checkpoint → a vidadapt ``aim`` model's state dict,
+    and what the file says of the architecture: ``num_frames``, ``num_tadapter``,
+    ``num_classes``."""
+    backbone = {k.removeprefix("backbone."): v for k, v in state_dict.items()
+                if k.startswith("backbone.")}
+    temporal = backbone.pop("temporal_embedding")  # [1, T, D]
+    backbone.pop("proj", None)  # CLIP's projection: the video head reads the pooled token
+    converted = rename_keys(convert_openai_clip(backbone), _RELEASE_ADAPTERS)
+    state = {f"backbone.{k}": v for k, v in converted.items()}
+    state["backbone.embed_sites.0.temporal_embedding"] = temporal
+    state["head.weight"] = state_dict["cls_head.fc_cls.weight"]
+    state["head.bias"] = state_dict["cls_head.fc_cls.bias"]
+    facts = {
+        "num_frames": temporal.shape[1],
+        "num_tadapter": 2 if any(".T_Adapter_in." in k for k in state_dict) else 1,
+        "num_classes": state["head.weight"].shape[0],
+    }
+    return state, facts
