@@ -127,11 +127,22 @@ def random_official(num_tadapter: int, scale: float) -> OfficialAIM:
     return official
 
 
+def write_release(official: OfficialAIM, path) -> None:
+    """A .pth as the release's mmaction2 runner writes it."""
+    torch.save({"meta": {"epoch": 30}, "state_dict": official.release_state_dict()}, path)
+
+
+def assert_official_logits(model: nn.Module, official: OfficialAIM) -> None:
+    video = torch.randn(2, FRAMES, 3, IMAGE, IMAGE)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(video), official(video), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("num_tadapter, scale", [(1, 0.5), (2, 1.0)])
 def test_an_official_aim_checkpoint_gives_the_official_logits(num_tadapter, scale, tmp_path):
     official = random_official(num_tadapter, scale)
     path = tmp_path / "aim_release.pth"
-    torch.save({"meta": {"epoch": 30}, "state_dict": official.release_state_dict()}, path)
+    write_release(official, path)
 
     release = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     state, facts = convert_aim_release(release)
@@ -141,15 +152,13 @@ def test_an_official_aim_checkpoint_gives_the_official_logits(num_tadapter, scal
     model = create_model("aim", vit, num_classes=CLASSES, num_frames=FRAMES,
                          num_tadapter=num_tadapter, adapter_scale=scale)
     model.load_state_dict(state, strict=True)
-    video = torch.randn(2, FRAMES, 3, IMAGE, IMAGE)
-    with torch.no_grad():
-        torch.testing.assert_close(model.eval()(video), official(video), rtol=1e-5, atol=1e-5)
+    assert_official_logits(model, official)
 
 
 def test_import_checkpoint_writes_an_adapter_checkpoint_that_eval_rebuilds(tmp_path):
     official = random_official(2, 1.0)
     release = tmp_path / "aim_ssv2.pth"
-    torch.save({"state_dict": official.release_state_dict()}, release)
+    write_release(official, release)
     # The CLIP file the release's frozen image model came from, in OpenAI's layout.
     adapters = ("Adapter", "temporal_embedding", "fc_cls")
     clip = {f"visual.{k}": v.contiguous() for k, v in official.state_dict().items()
@@ -167,14 +176,12 @@ def test_import_checkpoint_writes_an_adapter_checkpoint_that_eval_rebuilds(tmp_p
     assert checkpoint.spec.options["aim"]["num_tadapter"] == 2
     model = build_model(config_from_dict(checkpoint.config), 3, checkpoint.classes)
     load_adapter(model, checkpoint)  # as eval, predict and export rebuild it
-    video = torch.randn(2, FRAMES, 3, IMAGE, IMAGE)
-    with torch.no_grad():
-        torch.testing.assert_close(model.eval()(video), official(video), rtol=1e-5, atol=1e-5)
+    assert_official_logits(model, official)
 
 
 def test_a_release_on_other_frozen_weights_is_refused(tmp_path):
     official = random_official(1, 0.5)
     release = tmp_path / "aim.pth"
-    torch.save({"state_dict": official.release_state_dict()}, release)
+    write_release(official, release)
     with pytest.raises(CheckpointError, match="the frozen image model in .* differs from"):
         import_release(release, "aim", "builtin:clip_tiny_synthetic", "vit_tiny_clip")

@@ -69,6 +69,7 @@ def save_pretrained(
 
 
 def model_card(model: VideoModel, description: dict[str, Any]) -> str:
+    """The README.md of a save_pretrained folder, from ``config.json``'s ``description``."""
     spec, counts = model.spec, model.parameter_counts()
     config = description["config"] or {}
     data = config.get("data", {})
@@ -82,7 +83,7 @@ tags: [video-classification, parameter-efficient-fine-tuning, {spec.method}]
 
 # {spec.method} on {spec.backbone}
 
-A video classifier made with [vidadapt](https://github.com/vidadapt/vidadapt): the frozen image
+A video classifier made with vidadapt: the frozen image
 model `{spec.backbone}` (weights: `{description['pretrained'] or 'random'}`, fingerprint
 `{description['backbone_fingerprint']}`) adapted to {spec.num_frames}-frame clips at
 {spec.image_size}² by `{spec.method}`, {spec.num_classes} classes.
