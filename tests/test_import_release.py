@@ -183,5 +183,5 @@ def test_a_release_on_other_frozen_weights_is_refused(tmp_path):
     official = random_official(1, 0.5)
     release = tmp_path / "aim.pth"
     write_release(official, release)
-    with pytest.raises(CheckpointError, match="the frozen image model in .* differs from"):
+    with pytest.raises(CheckpointError, match="the frozen weights in .* differ from"):
         import_release(release, "aim", "builtin:clip_tiny_synthetic", "vit_tiny_clip")

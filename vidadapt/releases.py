@@ -2,80 +2,171 @@
 import-checkpoint``).
 
 A converter maps a release's state dict (its official code's module names) onto a vidadapt
-model's and says what the file tells of the architecture (frames, classes, options). The frozen
-image model in the file must be the CLIP file given as ``pretrained``: the imported model is
-saved as an adapter checkpoint that ``eval``, ``predict``, ``export`` and ``train`` read, and
-those rebuild the frozen weights from that file.
+model's and says what the file tells of the architecture. Its facts are a dict: ``num_frames``
+and ``num_classes`` when the file tells them, ``grid`` (patches per side) when only a table's
+size tells the input size, ``data`` (config overrides the release's preprocessing needs), and
+method options. Releases
+hold different parts: the whole model (ActionCLIP, X-CLIP), the frozen image model with the
+adapters (AIM), or only what trained (ST-Adapter, EVL). Every tensor the imported method trains
+must be in the file; frozen tensors that are in it must equal the CLIP file given as
+``pretrained``, from which ``eval``, ``predict``, ``export`` and ``train`` rebuild them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import pickle
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch._weights_only_unpickler import _get_allowed_globals
 
 from .backbones import preset_config
 from .config import ExperimentConfig, config_from_dict
 from .engine.build import build_model
 from .engine.checkpoint import backbone_fingerprint
 from .errors import CheckpointError, ConfigError
+from .methods.actionclip import convert_actionclip_release
 from .methods.aim import convert_aim_release
+from .methods.evl import convert_evl_release
+from .methods.st_adapter import convert_st_adapter_release
+from .methods.xclip import convert_xclip_release
 from .models import VideoModel
 
-Converter = Callable[[dict[str, Tensor]], tuple[dict[str, Tensor], dict[str, Any]]]
-CONVERTERS: dict[str, Converter] = {"aim": convert_aim_release}
+StateDict = dict[str, Tensor]
+# (the release's state dict, the frame count given on the command line) → (state, facts)
+Converter = Callable[[StateDict, int | None], tuple[StateDict, dict[str, Any]]]
+CONVERTERS: dict[str, Converter] = {
+    "aim": convert_aim_release,
+    "st_adapter": convert_st_adapter_release,
+    "evl": convert_evl_release,
+    "actionclip": convert_actionclip_release,
+    "xclip": convert_xclip_release,
+}
+# Wrappers around the model's state dict: mmaction2's runner, and EVL / ST-Adapter / X-CLIP.
+WRAPPERS = ("state_dict", "model")
+# ActionCLIP saves its two models side by side; their keys keep these names as prefixes.
+PARTS = ("model_state_dict", "fusion_model_state_dict")
 
 
-def read_release(path: str | Path) -> dict[str, Tensor]:
-    """The state dict of a released ``.pth`` (``state_dict`` / ``model`` wrappers removed),
-    read without unpickling code."""
+class _ForeignObject(dict):
+    """Stands in for an object pickled beside the weights (X-CLIP saves its yacs ``CfgNode``):
+    read as inert data, never built as the class it names."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """torch's ``weights_only`` allowlist, and every other class read as a ``_ForeignObject``:
+    nothing outside the allowlist is ever called. ``weights_only`` itself refuses a dict
+    subclass such as yacs' ``CfgNode`` even when a stand-in is allowed for it."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _get_allowed_globals().get(f"{module}.{name}")
+        return allowed if allowed is not None else _ForeignObject
+
+
+_DATA_ONLY = SimpleNamespace(Unpickler=_DataOnlyUnpickler, __name__="vidadapt.data_only",
+                             load=lambda file, **kw: _DataOnlyUnpickler(file, **kw).load())
+
+
+def _load_data(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a foreign object beside the weights
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_DATA_ONLY)
+
+
+def read_release(path: str | Path) -> StateDict:
+    """The tensors of a released ``.pth``, wrappers removed (ActionCLIP's two models under
+    their names), read without running pickled code."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = _load_data(path)
     except Exception as err:  # torch raises several types for foreign or damaged files
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
                               f"({type(err).__name__})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a state dict")
+    for key in WRAPPERS:
+        if isinstance(data.get(key), dict):
             data = data[key]
-    return {k.removeprefix("module."): v for k, v in data.items() if isinstance(v, Tensor)}
+    if any(isinstance(data.get(part), dict) for part in PARTS):
+        data = {f"{part}.{key}": value for part in PARTS
+                for key, value in data.get(part, {}).items()}
+    # DataParallel / DDP prefixes, wherever a part put them.
+    return {k.replace("module.", "", 1): v for k, v in data.items() if isinstance(v, Tensor)}
 
 
 def import_release(
     path: str | Path, method: str, pretrained: str, backbone: str = "vit_b16_clip",
-    options: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None, num_frames: int | None = None,
+    classes: Sequence[str] | None = None,
 ) -> tuple[VideoModel, ExperimentConfig]:
     """The model a released checkpoint holds and the config that rebuilds it."""
     if method not in CONVERTERS:
         raise ConfigError(f"import-checkpoint reads {', '.join(CONVERTERS)} releases; "
-                          f"{method!r} is not supported yet")
+                          f"{method!r} is not supported")
     try:
-        state, facts = CONVERTERS[method](read_release(path))
+        state, facts = CONVERTERS[method](read_release(path), num_frames)
     except KeyError as err:
-        raise CheckpointError(f"{path} is not a {method} release: no key {err.args[0]}") from None
-    method_options = {k: v for k, v in facts.items() if k not in ("num_frames", "num_classes")}
-    patches = state["backbone.pos_embed"].shape[1] - 1  # the trained input side, in patches²
-    size = math.isqrt(patches) * preset_config(backbone).patch_size
+        raise CheckpointError(f"{path} is not a release of {method}: no key {err.args[0]}") from None
+    frames = facts.pop("num_frames", None) or num_frames
+    if frames is None:
+        raise ConfigError(f"{path} does not record its frame count: pass --num-frames "
+                          "(8 for the released 8-frame models)")
+    num_classes = facts.pop("num_classes", None) or (len(classes) if classes else None)
+    if num_classes is None:
+        raise ConfigError(f"{method} classifies with class names: pass --classes")
+    size = _input_size(state, backbone, facts.pop("grid", None))
+    data = facts.pop("data", {})
     cfg = config_from_dict({
         "model": {"method": method, "backbone": backbone, "pretrained": pretrained,
-                  "num_frames": facts["num_frames"], "num_classes": facts["num_classes"]},
-        "method": {**method_options, **(options or {})},
-        "data": {"transform": {"size": size, "short_side": max(size, round(size * 8 / 7))}},
+                  "num_frames": frames, "num_classes": num_classes},
+        "method": {**facts, **(options or {})},
+        "data": {**data, "transform": {"size": size, "short_side": max(size, round(size * 8 / 7)),
+                                       **data.get("transform", {})}},
     })
-    model = build_model(cfg, facts["num_classes"])
+    model = build_model(cfg, num_classes, list(classes) if classes else None)
+    _load_release(model, state, path, pretrained)
+    return model, cfg
+
+
+def _input_size(state: StateDict, backbone: str, grid: int | None) -> int:
+    """The trained input side: from the patch grid the converter read, or the position table
+    when the file has the image model, else the backbone's."""
+    preset = preset_config(backbone)
+    if grid is None and "backbone.pos_embed" in state:
+        grid = math.isqrt(state["backbone.pos_embed"].shape[1] - 1)  # [1, g² + 1, D]
+    return preset.image_size if grid is None else grid * preset.patch_size
+
+
+def _load_release(model: VideoModel, state: StateDict, path: str | Path, pretrained: str) -> None:
+    """Load ``state`` over the model built on ``pretrained``: every tuned tensor from the file;
+    the frozen ones it holds must be the pretrained ones."""
     frozen = backbone_fingerprint(model)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes
         first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
-        raise CheckpointError(f"{path} does not fit {method} on {backbone}: {first}") from None
+        raise CheckpointError(f"{path} does not fit {model.spec.method}: {first}") from None
+    tuned = {n for n, p in model.named_parameters() if p.requires_grad}
+    lacking = sorted(tuned.intersection(missing))
+    if unexpected or lacking:
+        what = (f"unexpected key {unexpected[0]}" if unexpected
+                else f"no {lacking[0]} ({len(lacking)} trained tensors missing)")
+        raise CheckpointError(f"{path} does not fit {model.spec.method}: {what}; check "
+                              "--method and the --set options")
     if backbone_fingerprint(model) != frozen:
-        raise CheckpointError(f"the frozen image model in {path} differs from {pretrained}: "
-                              "pass the CLIP file the release was trained from")
-    return model, cfg
+        raise CheckpointError(f"the frozen weights in {path} differ from {pretrained}: pass "
+                              "the CLIP file the release was trained from")

@@ -21,7 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", required=True,
                         help="the CLIP file the release's frozen image model came from")
     parser.add_argument("--backbone", default="vit_b16_clip", help="backbone preset")
-    parser.add_argument("--classes", help="class names, one per line, in label order")
+    parser.add_argument("--num-frames", type=int,
+                        help="frames per clip, for releases that do not record it "
+                             "(ST-Adapter, ActionCLIP)")
+    parser.add_argument("--classes", help="class names, one per line, in label order "
+                                          "(required by the CLIP methods' text heads)")
     parser.add_argument("--set", action="append", default=[], metavar="method.KEY=VALUE",
                         help="a method option the file cannot tell, e.g. "
                              "--set method.adapter_scale=1.0 (AIM's SSv2 models)")
@@ -31,10 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     options = method_overrides(args.set, [args.method])
-    model, cfg = import_release(args.file, args.method, args.pretrained, args.backbone, options)
     classes = None
     if args.classes:
         classes = [c.strip() for c in Path(args.classes).read_text().splitlines() if c.strip()]
+    model, cfg = import_release(args.file, args.method, args.pretrained, args.backbone, options,
+                                args.num_frames, classes)
     out = Path(args.out) / "imported.safetensors"
     cfg.train.work_dir = str(out.parent)
     save_adapter(out, model, backbone_fingerprint(model), cfg.to_dict(), classes,

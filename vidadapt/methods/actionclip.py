@@ -18,6 +18,7 @@ code uses softmax(10 * ground truth), within e^-10 of it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,9 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vit import TokenLayout
+from ..checkpoints.convert import OPENAI_RULES, convert_openai_clip, rename_keys
 from ..clip.prompts import resolve_templates
+from ..clip.text import convert_openai_text
 from ..clip.towers import ClipOptions
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .base import Method, MethodParts, Target
 from .efficient_prompt import TemporalTransformer
 from .text_head import TextHead
@@ -181,7 +184,7 @@ def make_fusion(kind: str, dim: int, num_frames: int, layers: int) -> nn.Module 
     if kind == "lstm":
         return LSTMFusion(dim)
     return TemporalTransformer(dim, num_frames, layers, heads=max(dim // 64, 1), residual=True,
-                               act="quick_gelu", init_std=0.02)
+                               act="quick_gelu", init_std=0.02, norm_eps=1e-12)
 
 
 def apply_actionclip(target: Target, cfg: ActionCLIPConfig) -> MethodParts:
@@ -198,10 +201,68 @@ def apply_actionclip(target: Target, cfg: ActionCLIPConfig) -> MethodParts:
     trainable: list[nn.Module] = [prompts] if temporal is None else [prompts, temporal]
     if cfg.tune_image_encoder:
         trainable.append(target.backbone)
-    if cfg.tune_text_encoder:
-        trainable.append(towers.text)
     head = TextHead(towers, target.classes, prompts)
+    if cfg.tune_text_encoder:  # the official recipe trains the logit scale with the text tower
+        trainable += [towers.text, head.logit_scale]
     return MethodParts(trainable, temporal=temporal, head=head, loss=symmetric_kl_loss)
 
 
 METHOD = Method("actionclip", ActionCLIPConfig, apply_actionclip)
+
+
+# ---- the official release's checkpoints ----------------------------------------------------------
+
+# The ActionCLIP repository saves the whole fine-tuned CLIP (OpenAI names; TSM wraps every image
+# block in ``.net``) as ``model_state_dict`` and the fusion model as ``fusion_model_state_dict``:
+# "Transf" = frame_position_embeddings (77 rows, the first T used) + transformer.resblocks (OpenAI
+# names), "LSTM" = lstm_visual, "Conv_1D" = shift; "meanP" has no tensors.
+_FUSION_NAMES = [
+    (r"^transformer\.resblocks\.", "temporal.blocks."),
+    (r"^lstm_visual\.", "temporal.lstm."),
+    (r"^shift\.", "temporal.conv."),
+]
+# The official test scores with a fixed scale of 100, whatever the file's learned scale.
+OFFICIAL_TEST_LOGIT_SCALE = math.log(100)
+
+
+def _fusion_kind(fusion: dict[str, Tensor]) -> str:
+    if any(k.startswith("transformer.transformer_enc.") for k in fusion):
+        raise CheckpointError("the release's fusion is 'Transf_cls', which vidadapt does not "
+                              "implement; 'Transf', 'LSTM', 'Conv_1D' and 'meanP' are read")
+    if any(k.startswith("transformer.") for k in fusion):
+        return "transformer"
+    if any(k.startswith("lstm_visual.") for k in fusion):
+        return "lstm"
+    return "conv1d" if "shift.weight" in fusion else "mean"
+
+
+def convert_actionclip_release(
+    state_dict: dict[str, Tensor], num_frames: int | None = None
+) -> tuple[dict[str, Tensor], dict]:
+    """An official ActionCLIP checkpoint (both models) → a vidadapt ``actionclip`` model's
+    tensors, and what the file says: the fusion and its depth, the temporal shift, both towers
+    fine-tuned (its recipe). The frame count is not in the file (the transformer fusion's
+    position table has 77 rows); ``num_frames`` picks its first rows."""
+    clip = {k.removeprefix("model_state_dict."): v for k, v in state_dict.items()
+            if k.startswith("model_state_dict.")}
+    fusion = {k.removeprefix("fusion_model_state_dict."): v for k, v in state_dict.items()
+              if k.startswith("fusion_model_state_dict.")}
+    shifted = any(".net." in k for k in clip)
+    clip = {k.replace(".net.", "."): v for k, v in clip.items()}
+    state = {f"backbone.{k}": v for k, v in convert_openai_clip(clip).items()}
+    state.update({f"head.text.{k}": v for k, v in convert_openai_text(clip).items()})
+    state["head.logit_scale"] = torch.tensor(OFFICIAL_TEST_LOGIT_SCALE)
+    kind = _fusion_kind(fusion)
+    facts: dict = {"fusion": kind, "temporal_shift": shifted,
+                   "tune_image_encoder": True, "tune_text_encoder": True}
+    if kind == "transformer":
+        if num_frames is None:
+            raise ConfigError("an ActionCLIP release does not record its frame count: pass "
+                              "--num-frames (8 for the released models)")
+        positions = fusion.pop("frame_position_embeddings.weight")  # [77, E]
+        state["temporal.temporal_embed"] = positions[:num_frames]  # [T, E]
+        facts["fusion_layers"] = len({k.split(".")[2] for k in fusion
+                                      if k.startswith("transformer.resblocks.")})
+    fusion.pop("frame_position_embeddings.weight", None)  # built but unused by LSTM / Conv_1D
+    state.update(rename_keys(fusion, _FUSION_NAMES + OPENAI_RULES))
+    return state, facts

@@ -141,7 +141,9 @@ _RELEASE_ADAPTERS = [
 ]
 
 
-def convert_aim_release(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict]:
+def convert_aim_release(
+    state_dict: dict[str, Tensor], num_frames: int | None = None
+) -> tuple[dict[str, Tensor], dict]:
     """The ``state_dict`` of an official AIM checkpoint → a vidadapt ``aim`` model's state dict,
     and what the file says of the architecture: ``num_frames``, ``num_tadapter``,
     ``num_classes``."""

@@ -46,17 +46,17 @@ class TemporalTransformer(nn.Module):
     """Frame embeddings ``[B, T, E]`` + a learned temporal embedding (N(0, ``init_std``)) →
     pre-norm transformer blocks (the ViT's, 4x MLP) → mean over time ``[B, E]``. ``residual``
     adds the frame embeddings back before the mean (ActionCLIP's fusion does, Ju et al.'s
-    does not)."""
+    does not); ``norm_eps`` is the LayerNorms' (ActionCLIP's official fusion uses 1e-12)."""
 
     def __init__(
         self, dim: int, num_frames: int, depth: int, heads: int, residual: bool = False,
-        act: str = "gelu", init_std: float = 0.01,
+        act: str = "gelu", init_std: float = 0.01, norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if dim % heads:
             raise ConfigError(f"temporal heads ({heads}) must divide the embedding size {dim}")
         self.temporal_embed = nn.Parameter(torch.randn(num_frames, dim) * init_std)
-        block = ViTConfig(width=dim, heads=heads, mlp_dim=4 * dim, act=act)
+        block = ViTConfig(width=dim, heads=heads, mlp_dim=4 * dim, act=act, norm_eps=norm_eps)
         self.blocks = nn.ModuleList(Block(block) for _ in range(depth))
         self.residual = residual
 

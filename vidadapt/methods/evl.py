@@ -19,6 +19,7 @@ attends to itself. The head is LN → dropout → Linear (the classifier's dropo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vit import Block, TokenLayout, ViT, quick_gelu
-from ..errors import ConfigError
+from ..checkpoints.convert import rename_keys
+from ..errors import CheckpointError, ConfigError
 from .base import Method, MethodParts, Target
 from .layers import temporal_depthwise_conv
 
@@ -239,3 +241,55 @@ def apply_evl(target: Target, cfg: EVLConfig) -> MethodParts:
 
 
 METHOD = Method("evl", EVLConfig, apply_evl)
+
+
+# ---- the official release's checkpoints ----------------------------------------------------------
+
+# The EVL repository saves the decoder and the head (the frozen backbone is not registered):
+# decoder.{cls_token, decoder_layers.i, temporal_conv.i, temporal_pos_embed.i, cross_attention.i}
+# and proj = LayerNorm, Dropout, Linear.
+_RELEASE_NAMES = [
+    (r"^decoder\.cls_token$", "readout.query_embedding"),
+    (r"^decoder\.decoder_layers\.", "readout.decoder."),
+    (r"\.attn\.([qkv])_proj\.", r".\1."),
+    (r"\.attn\.out_proj\.", ".proj."),
+    (r"\.norm1\.", ".norm_query."),
+    (r"\.norm2\.", ".norm_mlp."),
+    (r"\.norm3\.", ".norm_tokens."),
+    (r"\.mlp\.fc([12])\.", r".fc\1."),
+    (r"^decoder\.temporal_conv\.(\d+)\.", r"readout.temporal.\1.conv."),
+    (r"^decoder\.temporal_pos_embed\.(\d+)$", r"readout.temporal.\1.temporal_embedding"),
+    (r"^decoder\.cross_attention\.(\d+)\.w1$", r"readout.temporal.\1.cross_frame.previous"),
+    (r"^decoder\.cross_attention\.(\d+)\.w2$", r"readout.temporal.\1.cross_frame.next"),
+    (r"^proj\.0\.", "readout.norm."),
+    (r"^proj\.2\.", "head."),
+]
+
+
+def convert_evl_release(
+    state_dict: dict[str, Tensor], num_frames: int | None = None
+) -> tuple[dict[str, Tensor], dict]:
+    """An official EVL checkpoint's ``model`` → a vidadapt ``evl`` model's tensors, and what
+    the file says: ``num_layers``, ``mlp_ratio``, which temporal terms, ``num_frames`` (from
+    the temporal embedding), ``grid`` (the patch grid's side ``g``: the cross-frame offset table
+    has ``(2g - 1)²`` rows), ``num_classes``."""
+    if any(k.startswith("backbone.") for k in state_dict):
+        raise CheckpointError("the release fine-tuned its backbone (--finetune_backbone); "
+                              "vidadapt's evl keeps the image model frozen")
+    state = rename_keys(state_dict, _RELEASE_NAMES)
+    layers = {int(k.split(".")[2]) for k in state if k.startswith("readout.decoder.")}
+    width = state["readout.query_embedding"].shape[0]
+    facts: dict = {
+        "num_layers": len(layers),
+        "mlp_ratio": state["readout.decoder.0.fc1.weight"].shape[0] / width,
+        "temporal_conv": "readout.temporal.0.conv.weight" in state,
+        "temporal_embedding": "readout.temporal.0.temporal_embedding" in state,
+        "cross_frame": "readout.temporal.0.cross_frame.previous" in state,
+        "num_classes": state["head.weight"].shape[0],
+    }
+    if facts["temporal_embedding"]:
+        facts["num_frames"] = state["readout.temporal.0.temporal_embedding"].shape[0]
+    if facts["cross_frame"]:
+        offsets = state["readout.temporal.0.cross_frame.previous"].shape[0]  # (2g - 1)²
+        facts["grid"] = (math.isqrt(offsets) + 1) // 2
+    return state, facts

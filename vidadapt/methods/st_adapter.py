@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vit import Block, TokenLayout, ViT
+from ..checkpoints.convert import convert_openai_clip, rename_keys
+from ..errors import CheckpointError
 from .base import Method, MethodParts, Target
 from .layers import temporal_depthwise_conv
 
@@ -87,3 +89,42 @@ def apply_st_adapter(target: Target, cfg: STAdapterConfig) -> MethodParts:
 
 
 METHOD = Method("st_adapter", STAdapterConfig, apply_st_adapter)
+
+
+# ---- the official release's checkpoints ----------------------------------------------------------
+
+# The ST-Adapter repository saves only what trains: per block ``adapter_pre_attn`` and/or
+# ``adapter_pre_mlp`` (fc1 → depthwise conv → fc2) on OpenAI CLIP names, and the ``fc`` head.
+_RELEASE_NAMES = [
+    (r"^transformer\.resblocks\.(\d+)\.adapter_(pre_attn|pre_mlp)\.", r"backbone.blocks.\1.\2.0."),
+    (r"\.fc1\.", ".down."),
+    (r"\.fc2\.", ".up."),
+    (r"^fc\.", "head."),
+]
+
+
+def convert_st_adapter_release(
+    state_dict: dict[str, Tensor], num_frames: int | None = None
+) -> tuple[dict[str, Tensor], dict]:
+    """An official ST-Adapter checkpoint's ``model`` → a vidadapt ``st_adapter`` model's
+    tensors, and what the file says: ``positions``, ``width``, ``kernel``, ``num_classes``.
+    The frame count is not in the file. A file saved with the frozen CLIP weights too is read
+    whole."""
+    tuned = {k: v for k, v in state_dict.items() if ".adapter_" in k or k.startswith("fc.")}
+    state = rename_keys(tuned, _RELEASE_NAMES)
+    frozen = {k: v for k, v in state_dict.items() if k not in tuned}
+    if frozen:
+        state.update({f"backbone.{k}": v for k, v in convert_openai_clip(frozen).items()})
+    sites = {k.split(".")[3] for k in state if ".pre_attn.0." in k or ".pre_mlp.0." in k}
+    blocks = {int(k.split(".")[2]) for k in state if ".pre_mlp.0." in k or ".pre_attn.0." in k}
+    if blocks and len(blocks) != 1 + max(blocks):
+        raise CheckpointError(f"the release adapts blocks {sorted(blocks)}; vidadapt's st_adapter "
+                         "adapts every block")
+    conv = next(v for k, v in state.items() if k.endswith("0.conv.weight"))  # [Ca, 1, *kernel]
+    facts = {
+        "positions": [p for p in POSITIONS if p in sites],
+        "width": conv.shape[0],
+        "kernel": list(conv.shape[2:]),
+        "num_classes": state["head.weight"].shape[0],
+    }
+    return state, facts

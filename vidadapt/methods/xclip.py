@@ -28,8 +28,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vit import ACTIVATIONS, Attention, TokenLayout
-from ..checkpoints.convert import HF_CLIP_RULES, convert_hf_clip, fuse_qkv, rename_keys
-from ..clip.text import convert_hf_text
+from ..checkpoints.convert import (
+    HF_CLIP_RULES,
+    OPENAI_RULES,
+    convert_hf_clip,
+    convert_openai_clip,
+    fuse_qkv,
+    rename_keys,
+)
+from ..clip.text import convert_hf_text, convert_openai_text
 from ..clip.towers import ClipOptions
 from ..errors import ConfigError
 from .base import Method, MethodParts, Target
@@ -238,3 +245,54 @@ def convert_hf_xclip(state_dict: StateDict) -> tuple[StateDict, StateDict, State
     head["temporal.temporal_embed"] = head["temporal.temporal_embed"][0]  # [T, E]
     fuse_qkv(head)
     return visual, text, head
+
+
+# ---- the official release's checkpoints ----------------------------------------------------------
+
+# The X-CLIP repository's model: OpenAI CLIP names (visual.*, the text tower at the top level)
+# with message_fc / message_ln / message_attn in every image block, mit.* (blocks in OpenAI's
+# names), prompts_visual_ln / prompts_visual_proj and prompts_generator.*.
+_RELEASE_MESSAGE_RULES = [
+    (r"\.message_fc\.", ".pre_attn.0.fc."),
+    (r"\.message_ln\.", ".pre_attn.0.norm."),
+    (r"\.message_attn\.in_proj_", ".pre_attn.0.attn.qkv."),
+    (r"\.message_attn\.out_proj\.", ".pre_attn.0.attn.proj."),
+]
+_RELEASE_HEAD_RULES = [
+    (r"^mit\.positional_embedding$", "temporal.temporal_embed"),
+    (r"^mit\.resblocks\.", "temporal.blocks."),
+    (r"^prompts_visual_ln\.", "context.norm."),
+    (r"^prompts_visual_proj$", "context.proj"),
+    (r"^prompts_generator\.norm\.", "head.prompts.norm."),
+    (r"^prompts_generator\.decoder\.", "head.prompts.layers."),
+    (r"^prompts_generator\.alpha$", "head.prompts.alpha"),
+    (r"\.cross_attn\.([qkv])_proj\.", r".cross_attn.\1."),
+    (r"\.mlp\.0\.", ".mlp.fc1."),
+    (r"\.mlp\.3\.", ".mlp.fc2."),
+]
+
+
+def convert_xclip_release(
+    state_dict: StateDict, num_frames: int | None = None
+) -> tuple[StateDict, dict]:
+    """An official X-CLIP checkpoint's ``model`` → a vidadapt ``xclip`` model's tensors, and
+    what the file says: ``num_frames``, ``mit_layers``, ``prompt_layers``, the fine-tuned image
+    tower (its recipe's; the text tower stays frozen, as there), ImageNet normalisation (its
+    data pipeline's) and ``num_classes`` (none: the class names give them)."""
+    visual = rename_keys(convert_openai_clip(state_dict), _RELEASE_MESSAGE_RULES)
+    state = {f"backbone.{k}": v for k, v in visual.items()}
+    state.update({f"head.text.{k}": v for k, v in convert_openai_text(state_dict).items()})
+    state["head.logit_scale"] = state_dict["logit_scale"]
+    heads = {k: v for k, v in state_dict.items()
+             if k.startswith(("mit.", "prompts_visual_", "prompts_generator."))}
+    state.update(rename_keys(heads, _RELEASE_HEAD_RULES + OPENAI_RULES))
+    state["temporal.temporal_embed"] = state["temporal.temporal_embed"][0]  # [T, E]
+    facts = {
+        "num_frames": state["temporal.temporal_embed"].shape[0],
+        "mit_layers": len({k.split(".")[2] for k in state if k.startswith("temporal.blocks.")}),
+        "prompt_layers": len({k.split(".")[3] for k in state
+                              if k.startswith("head.prompts.layers.")}),
+        "tune_image_encoder": True,
+        "data": {"transform": {"normalize": "imagenet"}},
+    }
+    return state, facts
