@@ -276,8 +276,10 @@ def test_actionclip_tunes_the_encoders_when_asked(tokenizer):
     counts = model.parameter_counts()
     towers = sum(p.numel() for p in model.backbone.parameters()) + sum(
         p.numel() for p in model.head.text.parameters())
-    assert counts["actionclip"] == counts["tunable"] == towers + EMBED * 3
+    # The towers, the shift conv and the logit scale (trained with the text tower, as upstream).
+    assert counts["actionclip"] == counts["tunable"] == towers + EMBED * 3 + 1
     model.loss_fn(model(videos()), torch.tensor([0, 1, 2, 3])).backward()
+    assert model.head.logit_scale.grad is not None
     assert model.head.text.token_embed.weight.grad.abs().sum() > 0  # texts encoded with gradients
     assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
     with torch.no_grad():
@@ -308,7 +310,7 @@ def test_actionclip_recipes_fine_tune_both_towers():
     fusion = sum(p.numel() for p in model.temporal.parameters())
     block = 2 * 2 * 512 + (512 * 1536 + 1536) + (512 * 512 + 512) + 2 * 512 * 2048 + 2048 + 512
     assert fusion == 8 * 512 + 6 * block  # frame position embedding + 6 blocks
-    assert counts["tunable"] == counts["total"] - 1  # everything but the logit scale
+    assert counts["tunable"] == counts["total"]  # everything, the logit scale with the text tower
 
 
 class LabelledClips(torch.utils.data.Dataset):

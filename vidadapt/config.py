@@ -37,6 +37,8 @@ class ModelConfig:
     method: str = "aim"  # registered method, or methods stacked in order: "lora+aim"
     backbone: str = "vit_b16_clip"  # architecture preset (vidadapt.backbones.PRESETS)
     pretrained: str | None = None  # image checkpoint (CLIP .pt, safetensors...); None = random
+    init_from: str | None = None  # adapter checkpoint whose tuned tensors start training (an
+    # imported release, another run's result); a --resume state of this run takes precedence
     num_classes: int | None = None  # head size; None = the training annotation's class count
     num_frames: int = 8  # frames per clip T (also the frame sampler's clip length)
     image_size: int | None = None  # input side; None = data.transform.size (the crop size)

@@ -1,6 +1,7 @@
 """``vidadapt train``: fit a model from a YAML recipe, on one process or one per GPU.
 
     vidadapt train configs/aim/k400_vit_b16_8x16.yaml --set model.pretrained=ViT-B-16.pt
+    vidadapt train my_ucf101.yaml --resume-from runs/aim_k400/imported.safetensors
     torchrun --nproc_per_node 8 -m vidadapt train configs/aim/k400_vit_b16_8x16.yaml ...
 """
 
@@ -20,12 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_override_argument(parser)
     parser.add_argument("--work-dir", help="outputs (default: train.work_dir or runs/<recipe>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the work dir")
+    parser.add_argument("--resume-from", metavar="CHECKPOINT",
+                        help="start from an adapter checkpoint's tuned tensors (an imported "
+                             "release, another run's best.safetensors); = --set model.init_from")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.work_dir:
         cfg.train.work_dir = args.work_dir
+    if args.resume_from:
+        cfg.model.init_from = args.resume_from
     dist = init_distributed()
     setup_logging(dist.is_main)
     try:
