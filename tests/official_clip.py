@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # The shapes of the vit_tiny_clip preset, so the command can read the files too.
@@ -103,12 +102,3 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
             p.normal_(std=0.1)
     return module.eval()
 
-
-def frames_of(video):
-    """``[B, T, 3, H, W]`` (vidadapt's input) → ``[B*T, 3, H, W]``, frames of a clip adjacent."""
-    return video.flatten(0, 1)
-
-
-def attention_probs(q, k):
-    """Softmax attention weights of ``[..., Q, d]`` queries on ``[..., K, d]`` keys."""
-    return F.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)

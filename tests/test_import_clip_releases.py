@@ -161,8 +161,9 @@ def test_an_official_xclip_checkpoint_lands_where_the_hugging_face_conversion_do
     tokenizer = ClipTokenizer.learn([c.replace("_", " ") for c in CLASSES])
     hf = hf_xclip(tokenizer.vocab_size, frames=3)
     official = official_xclip_names(hf.state_dict())
-    assert {"visual.transformer.resblocks.1.message_attn.in_proj_weight", "mit.positional_embedding",
-            "prompts_generator.decoder.1.cross_attn.q_proj.weight", "logit_scale"} <= set(official)
+    assert {"visual.transformer.resblocks.1.message_attn.in_proj_weight", "logit_scale",
+            "mit.positional_embedding", "prompts_generator.decoder.1.cross_attn.q_proj.weight",
+            } <= set(official)
 
     state, facts = convert_xclip_release(official)
     assert (facts["num_frames"], facts["mit_layers"], facts["prompt_layers"]) == (3, 1, 2)

@@ -4,11 +4,21 @@ gives the same logits through vidadapt as a forward in the official code's order
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import pytest
 import torch
 import torch.nn.functional as F
+from official_clip import (
+    CLASSES,
+    DEPTH,
+    FRAMES,
+    HEADS,
+    IMAGE,
+    PATCH,
+    WIDTH,
+    ResidualAttentionBlock,
+    VisualTransformer,
+    randomize,
+)
 from safetensors.torch import save_file
 from torch import nn
 
@@ -21,14 +31,6 @@ from vidadapt.errors import CheckpointError
 from vidadapt.methods.aim import convert_aim_release
 from vidadapt.models import create_model
 from vidadapt.releases import import_release
-
-# The shapes of the vit_tiny_clip preset, so the command can read the file too.
-WIDTH, DEPTH, HEADS, PATCH, IMAGE, FRAMES, CLASSES = 128, 4, 4, 8, 32, 4, 3
-
-
-class QuickGELU(nn.Module):
-    def forward(self, x):
-        return x * torch.sigmoid(1.702 * x)
 
 
 class Adapter(nn.Module):
@@ -45,24 +47,15 @@ class Adapter(nn.Module):
         return x + out if self.skip else out
 
 
-class OfficialBlock(nn.Module):
+class OfficialBlock(ResidualAttentionBlock):
     def __init__(self, num_tadapter: int, scale: float) -> None:
         super().__init__()
-        self.attn = nn.MultiheadAttention(WIDTH, HEADS)
-        self.ln_1 = nn.LayerNorm(WIDTH)
-        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(WIDTH, 4 * WIDTH)),
-                                              ("gelu", QuickGELU()),
-                                              ("c_proj", nn.Linear(4 * WIDTH, WIDTH))]))
-        self.ln_2 = nn.LayerNorm(WIDTH)
         self.MLP_Adapter = Adapter(WIDTH, skip=False)
         self.S_Adapter = Adapter(WIDTH, skip=True)
         self.T_Adapter = Adapter(WIDTH, skip=False)
         if num_tadapter == 2:
             self.T_Adapter_in = Adapter(WIDTH, skip=True)
         self.num_tadapter, self.scale = num_tadapter, scale
-
-    def attention(self, x):
-        return self.attn(x, x, x, need_weights=False)[0]
 
     def forward(self, x):  # [N, B*T, D], as the official code runs it
         n, bt, d = x.shape
@@ -78,29 +71,17 @@ class OfficialBlock(nn.Module):
         return x + self.mlp(xn) + self.scale * self.MLP_Adapter(xn)
 
 
-class OfficialAIM(nn.Module):
+class OfficialAIM(VisualTransformer):
     """ViT_CLIP with AIM's adapters, and the I3D head (average over frames, fc_cls)."""
 
     def __init__(self, num_tadapter: int, scale: float) -> None:
-        super().__init__()
-        grid = (IMAGE // PATCH) ** 2
-        self.conv1 = nn.Conv2d(3, WIDTH, PATCH, PATCH, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(WIDTH))
-        self.positional_embedding = nn.Parameter(torch.randn(grid + 1, WIDTH))
-        self.ln_pre = nn.LayerNorm(WIDTH)
+        super().__init__([OfficialBlock(num_tadapter, scale) for _ in range(DEPTH)])
         self.temporal_embedding = nn.Parameter(torch.randn(1, FRAMES, WIDTH))
-        self.transformer = nn.Module()
-        self.transformer.resblocks = nn.ModuleList(OfficialBlock(num_tadapter, scale)
-                                                   for _ in range(DEPTH))
-        self.ln_post = nn.LayerNorm(WIDTH)
-        self.proj = nn.Parameter(torch.randn(WIDTH, WIDTH))  # in the file, unused
         self.fc_cls = nn.Linear(WIDTH, CLASSES)
 
     def forward(self, video):  # [B, T, 3, H, W]
         B = video.shape[0]
-        x = self.conv1(video.flatten(0, 1)).flatten(2).transpose(1, 2)  # [B*T, P, D]
-        cls = self.class_embedding.expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding  # [B*T, N, D]
+        x = self.embed(video.flatten(0, 1))  # [B*T, N, D]
         n = x.shape[1]
         x = x.view(B, FRAMES, n, WIDTH).transpose(1, 2) + self.temporal_embedding[:, None]
         x = self.ln_pre(x.transpose(1, 2).reshape(B * FRAMES, n, WIDTH))
@@ -119,12 +100,7 @@ class OfficialAIM(nn.Module):
 
 
 def random_official(num_tadapter: int, scale: float) -> OfficialAIM:
-    torch.manual_seed(0)
-    official = OfficialAIM(num_tadapter, scale).eval()
-    with torch.no_grad():
-        for p in official.parameters():
-            p.normal_(std=0.1)
-    return official
+    return randomize(OfficialAIM(num_tadapter, scale))
 
 
 def write_release(official: OfficialAIM, path) -> None:

@@ -120,7 +120,8 @@ def import_release(
     try:
         state, facts = CONVERTERS[method](read_release(path), num_frames)
     except KeyError as err:
-        raise CheckpointError(f"{path} is not a release of {method}: no key {err.args[0]}") from None
+        missing = err.args[0]
+        raise CheckpointError(f"{path} is not a release of {method}: no key {missing}") from None
     frames = facts.pop("num_frames", None) or num_frames
     if frames is None:
         raise ConfigError(f"{path} does not record its frame count: pass --num-frames "
