@@ -5,6 +5,9 @@ trained, so the frozen image model comes from the CLIP file given."""
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -271,3 +274,43 @@ def test_import_checkpoint_writes_an_evl_checkpoint_that_eval_rebuilds(tmp_path)
     model = build_model(config_from_dict(checkpoint.config), CLASSES)
     load_adapter(model, checkpoint)
     assert_same_logits(model, official)
+
+
+class CfgNode(dict):
+    """A stand-in for yacs' config class, pickled under its name (X-CLIP saves one)."""
+
+    def __init__(self, init=None):
+        super().__init__(init or {})
+        self.__dict__["_new_allowed"] = False
+
+
+def test_a_release_with_a_pickled_config_object_is_read_as_data(tmp_path, monkeypatch):
+    yacs, config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
+    yacs.config, config.CfgNode = config, CfgNode
+    monkeypatch.setattr(CfgNode, "__module__", "yacs.config")
+    monkeypatch.setitem(sys.modules, "yacs", yacs)
+    monkeypatch.setitem(sys.modules, "yacs.config", config)
+    official = randomize(OfficialEVL(layers=1))
+    torch.save({**official.release(), "config": CfgNode({"MODEL": CfgNode({"ARCH": "B/16"})})},
+               tmp_path / "evl.pth")
+    monkeypatch.delitem(sys.modules, "yacs.config")  # as on a machine without yacs
+    monkeypatch.delitem(sys.modules, "yacs")
+    pretrained = clip_file(official.visual, tmp_path / "clip.safetensors")
+    model, _ = import_release(tmp_path / "evl.pth", "evl", pretrained, "vit_tiny_clip")
+    assert_same_logits(model, official)
+
+
+def test_counts_given_that_contradict_the_file_are_refused(tmp_path):
+    official = randomize(OfficialEVL(layers=1))
+    torch.save(official.release(), tmp_path / "evl.pth")
+    pretrained = clip_file(official.visual, tmp_path / "clip.safetensors")
+    with pytest.raises(ConfigError, match="the release's class count is 3, --classes gives 2"):
+        import_release(tmp_path / "evl.pth", "evl", pretrained, "vit_tiny_clip",
+                       classes=["a", "b"])
+    with pytest.raises(ConfigError, match="frame count is 4, --num-frames gives 8"):
+        import_release(tmp_path / "evl.pth", "evl", pretrained, "vit_tiny_clip", num_frames=8)
+    torch.save({"model": official.visual.state_dict()}, tmp_path / "clip.pth")
+    with pytest.raises(CheckpointError, match="is not a release of st_adapter: it holds no "
+                                              "ST-Adapter adapters"):
+        import_release(tmp_path / "clip.pth", "st_adapter", pretrained, "vit_tiny_clip",
+                       num_frames=FRAMES)

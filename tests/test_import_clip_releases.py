@@ -87,13 +87,21 @@ def test_an_official_actionclip_checkpoint_gives_the_official_test_scores(tmp_pa
     torch.testing.assert_close(probabilities, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_an_actionclip_fusion_vidadapt_lacks_is_refused(tmp_path):
+def test_actionclip_releases_vidadapt_cannot_reproduce_are_refused(tmp_path):
     release = randomize(OfficialActionCLIP()).release()
     release["fusion_model_state_dict"] = {
         "module.transformer.transformer_enc.layers.0.linear1.weight": torch.zeros(4, 4)}
     torch.save(release, tmp_path / "actionclip_cls.pt")
     with pytest.raises(CheckpointError, match="'Transf_cls', which vidadapt does not implement"):
         import_release(tmp_path / "actionclip_cls.pt", "actionclip", PRETRAINED,
+                       "vit_tiny_clip", num_frames=FRAMES, classes=NAMES)
+    release = randomize(OfficialActionCLIP()).release()
+    clip = release["model_state_dict"]
+    release["model_state_dict"] = {k.replace("resblocks.0.", "resblocks.0.net."): v
+                                   for k, v in clip.items()}  # TSM's wrapped blocks
+    torch.save(release, tmp_path / "actionclip_tsm.pt")
+    with pytest.raises(CheckpointError, match="trained with TSM"):
+        import_release(tmp_path / "actionclip_tsm.pt", "actionclip", PRETRAINED,
                        "vit_tiny_clip", num_frames=FRAMES, classes=NAMES)
 
 

@@ -15,15 +15,13 @@ must be in the file; frozen tensors that are in it must equal the CLIP file give
 from __future__ import annotations
 
 import math
-import pickle
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch._weights_only_unpickler import _get_allowed_globals
 
 from .backbones import preset_config
 from .config import ExperimentConfig, config_from_dict
@@ -53,46 +51,32 @@ WRAPPERS = ("state_dict", "model")
 PARTS = ("model_state_dict", "fusion_model_state_dict")
 
 
-class _ForeignObject(dict):
-    """Stands in for an object pickled beside the weights (X-CLIP saves its yacs ``CfgNode``):
-    read as inert data, never built as the class it names."""
+class _ConfigStandIn:
+    """Stands in for yacs' ``CfgNode``, which X-CLIP pickles beside its weights: torch's
+    ``weights_only`` loader builds a plain ``OrderedDict`` in its place, under all its own
+    restrictions (it fills only dicts it knows, calls nothing else)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__()
-
-    def __setstate__(self, state: Any) -> None:
-        pass
+    def __new__(cls, *args: Any, **kwargs: Any) -> OrderedDict:
+        return OrderedDict()
 
 
-class _DataOnlyUnpickler(pickle.Unpickler):
-    """torch's ``weights_only`` allowlist, and every other class read as a ``_ForeignObject``:
-    nothing outside the allowlist is ever called. ``weights_only`` itself refuses a dict
-    subclass such as yacs' ``CfgNode`` even when a stand-in is allowed for it."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = _get_allowed_globals().get(f"{module}.{name}")
-        return allowed if allowed is not None else _ForeignObject
+_FOREIGN_CLASSES = [(_ConfigStandIn, "yacs.config.CfgNode")]
 
 
-_DATA_ONLY = SimpleNamespace(Unpickler=_DataOnlyUnpickler, __name__="vidadapt.data_only",
-                             load=lambda file, **kw: _DataOnlyUnpickler(file, **kw).load())
-
-
-def _load_data(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # a foreign object beside the weights
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_DATA_ONLY)
+def _strip_parallel(key: str) -> str:
+    """DataParallel / DDP's leading ``module.``."""
+    return key.removeprefix("module.")
 
 
 def read_release(path: str | Path) -> StateDict:
     """The tensors of a released ``.pth``, wrappers removed (ActionCLIP's two models under
-    their names), read without running pickled code."""
+    their names), read with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     try:
-        data = _load_data(path)
+        with torch.serialization.safe_globals(_FOREIGN_CLASSES):
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for foreign or damaged files
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
                               f"({type(err).__name__})") from None
@@ -102,10 +86,9 @@ def read_release(path: str | Path) -> StateDict:
         if isinstance(data.get(key), dict):
             data = data[key]
     if any(isinstance(data.get(part), dict) for part in PARTS):
-        data = {f"{part}.{key}": value for part in PARTS
+        data = {f"{part}.{_strip_parallel(key)}": value for part in PARTS
                 for key, value in data.get(part, {}).items()}
-    # DataParallel / DDP prefixes, wherever a part put them.
-    return {k.replace("module.", "", 1): v for k, v in data.items() if isinstance(v, Tensor)}
+    return {_strip_parallel(k): v for k, v in data.items() if isinstance(v, Tensor)}
 
 
 def import_release(
@@ -119,14 +102,15 @@ def import_release(
                           f"{method!r} is not supported")
     try:
         state, facts = CONVERTERS[method](read_release(path), num_frames)
-    except KeyError as err:
-        missing = err.args[0]
-        raise CheckpointError(f"{path} is not a release of {method}: no key {missing}") from None
-    frames = facts.pop("num_frames", None) or num_frames
+    except (KeyError, CheckpointError) as err:
+        what = f"no key {err.args[0]}" if isinstance(err, KeyError) else str(err)
+        raise CheckpointError(f"{path} is not a release of {method}: {what}") from None
+    frames = _agreed("frame count", facts.pop("num_frames", None), num_frames, "--num-frames")
     if frames is None:
         raise ConfigError(f"{path} does not record its frame count: pass --num-frames "
                           "(8 for the released 8-frame models)")
-    num_classes = facts.pop("num_classes", None) or (len(classes) if classes else None)
+    num_classes = _agreed("class count", facts.pop("num_classes", None),
+                          len(classes) if classes else None, "--classes")
     if num_classes is None:
         raise ConfigError(f"{method} classifies with class names: pass --classes")
     size = _input_size(state, backbone, facts.pop("grid", None))
@@ -141,6 +125,13 @@ def import_release(
     model = build_model(cfg, num_classes, list(classes) if classes else None)
     _load_release(model, state, path, pretrained)
     return model, cfg
+
+
+def _agreed(what: str, in_file: int | None, given: int | None, option: str) -> int | None:
+    """The file's value, or the one given; they must agree when both are there."""
+    if in_file is not None and given is not None and in_file != given:
+        raise ConfigError(f"the release's {what} is {in_file}, {option} gives {given}")
+    return in_file if in_file is not None else given
 
 
 def _input_size(state: StateDict, backbone: str, grid: int | None) -> int:

@@ -1,7 +1,7 @@
 """``vidadapt train``: fit a model from a YAML recipe, on one process or one per GPU.
 
     vidadapt train configs/aim/k400_vit_b16_8x16.yaml --set model.pretrained=ViT-B-16.pt
-    vidadapt train my_ucf101.yaml --resume-from runs/aim_k400/imported.safetensors
+    vidadapt train configs/aim/k400_vit_b16_8x16.yaml --resume-from runs/aim/imported.safetensors
     torchrun --nproc_per_node 8 -m vidadapt train configs/aim/k400_vit_b16_8x16.yaml ...
 """
 

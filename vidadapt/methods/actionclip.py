@@ -212,49 +212,51 @@ METHOD = Method("actionclip", ActionCLIPConfig, apply_actionclip)
 
 # ---- the official release's checkpoints ----------------------------------------------------------
 
-# The ActionCLIP repository saves the whole fine-tuned CLIP (OpenAI names; TSM wraps every image
-# block in ``.net``) as ``model_state_dict`` and the fusion model as ``fusion_model_state_dict``:
-# "Transf" = frame_position_embeddings (77 rows, the first T used) + transformer.resblocks (OpenAI
-# names), "LSTM" = lstm_visual, "Conv_1D" = shift; "meanP" has no tensors.
+# The ActionCLIP repository saves the whole fine-tuned CLIP (OpenAI names) as
+# ``model_state_dict`` and the fusion model as ``fusion_model_state_dict``: "Transf" =
+# frame_position_embeddings (77 rows, the first T used) + transformer.resblocks (OpenAI names),
+# "LSTM" = lstm_visual; "meanP" has no tensors.
 _FUSION_NAMES = [
     (r"^transformer\.resblocks\.", "temporal.blocks."),
     (r"^lstm_visual\.", "temporal.lstm."),
-    (r"^shift\.", "temporal.conv."),
 ]
 # The official test scores with a fixed scale of 100, whatever the file's learned scale.
 OFFICIAL_TEST_LOGIT_SCALE = math.log(100)
 
 
 def _fusion_kind(fusion: dict[str, Tensor]) -> str:
+    """The official fusion the tensors name; the ones whose official forward vidadapt's fusion
+    does not reproduce are refused (``Transf_cls``; ``Conv_1D`` reshapes where we transpose)."""
     if any(k.startswith("transformer.transformer_enc.") for k in fusion):
-        raise CheckpointError("the release's fusion is 'Transf_cls', which vidadapt does not "
-                              "implement; 'Transf', 'LSTM', 'Conv_1D' and 'meanP' are read")
+        raise CheckpointError("its fusion is 'Transf_cls', which vidadapt does not implement; "
+                              "'Transf', 'LSTM' and 'meanP' releases are read")
+    if "shift.weight" in fusion:
+        raise CheckpointError("its fusion is 'Conv_1D', whose official layout vidadapt's "
+                              "conv1d does not reproduce; 'Transf', 'LSTM' and 'meanP' are read")
     if any(k.startswith("transformer.") for k in fusion):
         return "transformer"
-    if any(k.startswith("lstm_visual.") for k in fusion):
-        return "lstm"
-    return "conv1d" if "shift.weight" in fusion else "mean"
+    return "lstm" if any(k.startswith("lstm_visual.") for k in fusion) else "mean"
 
 
 def convert_actionclip_release(
     state_dict: dict[str, Tensor], num_frames: int | None = None
 ) -> tuple[dict[str, Tensor], dict]:
     """An official ActionCLIP checkpoint (both models) → a vidadapt ``actionclip`` model's
-    tensors, and what the file says: the fusion and its depth, the temporal shift, both towers
+    tensors, and what the file says: the fusion and its depth, both towers
     fine-tuned (its recipe). The frame count is not in the file (the transformer fusion's
     position table has 77 rows); ``num_frames`` picks its first rows."""
     clip = {k.removeprefix("model_state_dict."): v for k, v in state_dict.items()
             if k.startswith("model_state_dict.")}
     fusion = {k.removeprefix("fusion_model_state_dict."): v for k, v in state_dict.items()
               if k.startswith("fusion_model_state_dict.")}
-    shifted = any(".net." in k for k in clip)
-    clip = {k.replace(".net.", "."): v for k, v in clip.items()}
+    if any(".net." in k for k in clip):  # TSM shifts the other way round from ours
+        raise CheckpointError("it was trained with TSM (k400_ft_tsm), whose shift directions "
+                              "vidadapt's temporal_shift does not reproduce")
     state = {f"backbone.{k}": v for k, v in convert_openai_clip(clip).items()}
     state.update({f"head.text.{k}": v for k, v in convert_openai_text(clip).items()})
     state["head.logit_scale"] = torch.tensor(OFFICIAL_TEST_LOGIT_SCALE)
     kind = _fusion_kind(fusion)
-    facts: dict = {"fusion": kind, "temporal_shift": shifted,
-                   "tune_image_encoder": True, "tune_text_encoder": True}
+    facts: dict = {"fusion": kind, "tune_image_encoder": True, "tune_text_encoder": True}
     if kind == "transformer":
         if num_frames is None:
             raise ConfigError("an ActionCLIP release does not record its frame count: pass "
@@ -263,6 +265,6 @@ def convert_actionclip_release(
         state["temporal.temporal_embed"] = positions[:num_frames]  # [T, E]
         facts["fusion_layers"] = len({k.split(".")[2] for k in fusion
                                       if k.startswith("transformer.resblocks.")})
-    fusion.pop("frame_position_embeddings.weight", None)  # built but unused by LSTM / Conv_1D
+    fusion.pop("frame_position_embeddings.weight", None)  # built but unused by the LSTM
     state.update(rename_keys(fusion, _FUSION_NAMES + OPENAI_RULES))
     return state, facts

@@ -120,7 +120,9 @@ def convert_st_adapter_release(
     if blocks and len(blocks) != 1 + max(blocks):
         raise CheckpointError(f"the release adapts blocks {sorted(blocks)}; vidadapt's st_adapter "
                          "adapts every block")
-    conv = next(v for k, v in state.items() if k.endswith("0.conv.weight"))  # [Ca, 1, *kernel]
+    conv = next((v for k, v in state.items() if k.endswith("0.conv.weight")), None)
+    if conv is None:  # [Ca, 1, *kernel]
+        raise CheckpointError("it holds no ST-Adapter adapters")
     facts = {
         "positions": [p for p in POSITIONS if p in sites],
         "width": conv.shape[0],

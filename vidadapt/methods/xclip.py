@@ -276,7 +276,8 @@ def convert_xclip_release(
     state_dict: StateDict, num_frames: int | None = None
 ) -> tuple[StateDict, dict]:
     """An official X-CLIP checkpoint's ``model`` → a vidadapt ``xclip`` model's tensors, and
-    what the file says: ``num_frames``, ``mit_layers``, ``prompt_layers``, the fine-tuned image
+    what the file says: ``num_frames``, ``mit_layers``, ``prompt_layers``, their heads (E / 64
+    in the official code, 8 at ViT-B, 12 at ViT-L), the fine-tuned image
     tower (its recipe's; the text tower stays frozen, as there), ImageNet normalisation (its
     data pipeline's) and ``num_classes`` (none: the class names give them)."""
     visual = rename_keys(convert_openai_clip(state_dict), _RELEASE_MESSAGE_RULES)
@@ -287,7 +288,9 @@ def convert_xclip_release(
              if k.startswith(("mit.", "prompts_visual_", "prompts_generator."))}
     state.update(rename_keys(heads, _RELEASE_HEAD_RULES + OPENAI_RULES))
     state["temporal.temporal_embed"] = state["temporal.temporal_embed"][0]  # [T, E]
+    heads = state["temporal.temporal_embed"].shape[1] // 64  # upstream: E // 64 in both
     facts = {
+        **({"mit_heads": heads, "prompt_heads": heads} if heads else {}),
         "num_frames": state["temporal.temporal_embed"].shape[0],
         "mit_layers": len({k.split(".")[2] for k in state if k.startswith("temporal.blocks.")}),
         "prompt_layers": len({k.split(".")[3] for k in state
