@@ -5,6 +5,8 @@ on them; nothing here comes from vidadapt."""
 
 from __future__ import annotations
 
+import sys
+import types
 from collections import OrderedDict
 
 import torch
@@ -102,3 +104,24 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
             p.normal_(std=0.1)
     return module.eval()
 
+
+
+class CfgNode(dict):
+    """yacs' config class as X-CLIP's checkpoints pickle it (a dict subclass with attributes)."""
+
+    def __init__(self, init=None):
+        super().__init__(init or {})
+        self.__dict__["_new_allowed"] = False
+
+
+def save_with_yacs_config(checkpoint: dict, path, monkeypatch) -> None:
+    """``torch.save`` the checkpoint with a ``yacs.config.CfgNode`` beside it, as X-CLIP does;
+    afterwards yacs cannot be imported, as on a machine without it."""
+    yacs, config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
+    yacs.config, config.CfgNode = config, CfgNode
+    with monkeypatch.context() as patch:
+        patch.setattr(CfgNode, "__module__", "yacs.config")
+        patch.setitem(sys.modules, "yacs", yacs)
+        patch.setitem(sys.modules, "yacs.config", config)
+        config_node = CfgNode({"MODEL": CfgNode({"ARCH": "ViT-B/16"}), "DATA": CfgNode()})
+        torch.save({**checkpoint, "config": config_node}, path)

@@ -7,6 +7,8 @@ tensors as the Hugging Face conversion and give its logits."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,12 +21,19 @@ from official_clip import (
     TextTransformer,
     VisualTransformer,
     randomize,
+    save_with_yacs_config,
 )
+from safetensors.torch import load_file
 from test_clip_methods import CLASSES
 from test_video_clip_methods import xclip_model  # the tiny X-CLIP of the HF parity test
 from torch import nn
 
+import vidadapt
+from vidadapt.cli import main as cli
 from vidadapt.clip import TEMPLATES, ClipTokenizer
+from vidadapt.config import config_from_dict
+from vidadapt.engine.build import build_model
+from vidadapt.engine.checkpoint import load_adapter, read_adapter
 from vidadapt.errors import CheckpointError
 from vidadapt.methods.xclip import convert_hf_xclip, convert_xclip_release
 from vidadapt.releases import import_release
@@ -190,3 +199,46 @@ def test_an_official_xclip_checkpoint_lands_where_the_hugging_face_conversion_do
     with torch.no_grad():
         expected = hf(input_ids=model.head.prompts.tokens, pixel_values=video).logits_per_video
         torch.testing.assert_close(model(video), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_import_checkpoint_reads_an_xclip_release_and_eval_rebuilds_it(tmp_path, monkeypatch):
+    """The release as X-CLIP's code saves it (``model`` + a pickled yacs config), on the
+    shapes of the built-in tiny CLIP, whose text tower it keeps frozen."""
+    transformers = pytest.importorskip("transformers")
+    text = dict(vocab_size=667, hidden_size=WIDTH, intermediate_size=4 * WIDTH,
+                num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=77)
+    vision = dict(hidden_size=WIDTH, intermediate_size=4 * WIDTH, num_hidden_layers=DEPTH,
+                  num_attention_heads=4, image_size=IMAGE, patch_size=8, num_frames=FRAMES,
+                  mit_hidden_size=WIDTH, mit_intermediate_size=4 * WIDTH,
+                  mit_num_hidden_layers=1, mit_num_attention_heads=2)
+    config = transformers.XCLIPConfig(text_config=text, vision_config=vision,
+                                      projection_dim=WIDTH, prompt_layers=2,
+                                      prompt_num_attention_heads=2)
+    torch.manual_seed(0)
+    hf = transformers.XCLIPModel(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    clip = load_file(str(Path(vidadapt.__file__).parent / "assets/clip_tiny_synthetic"
+                         / "model.safetensors"))
+    frozen_text = {k: v for k, v in clip.items()
+                   if k.startswith(("text_model.", "text_projection.", "logit_scale"))}
+    hf.load_state_dict(frozen_text, strict=False)  # trained with the text tower frozen
+    save_with_yacs_config({"model": official_xclip_names(hf.state_dict()), "epoch": 30},
+                          tmp_path / "xclip.pth", monkeypatch)
+    (tmp_path / "classes.txt").write_text("\n".join(NAMES))
+
+    assert 0 == cli(["import-checkpoint", str(tmp_path / "xclip.pth"), "--method", "xclip",
+                     "--backbone", "vit_tiny_clip", "--pretrained", PRETRAINED,
+                     "--classes", str(tmp_path / "classes.txt"), "--out", str(tmp_path / "out")])
+    checkpoint = read_adapter(tmp_path / "out" / "imported.safetensors")
+    cfg = config_from_dict(checkpoint.config)
+    assert cfg.data.transform.normalize == "imagenet"
+    xclip = cfg.method["xclip"]
+    assert (xclip.mit_heads, xclip.prompt_heads, cfg.model.num_frames) == (2, 2, FRAMES)
+    model = build_model(cfg, len(NAMES), checkpoint.classes)
+    load_adapter(model, checkpoint)  # as eval, predict and export rebuild it
+    video = torch.randn(2, FRAMES, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = hf(input_ids=model.head.prompts.tokens, pixel_values=video).logits_per_video
+        torch.testing.assert_close(model.eval()(video), expected, rtol=1e-5, atol=1e-5)

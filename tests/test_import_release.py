@@ -161,3 +161,18 @@ def test_a_release_on_other_frozen_weights_is_refused(tmp_path):
     write_release(official, release)
     with pytest.raises(CheckpointError, match="the frozen weights in .* differ from"):
         import_release(release, "aim", "builtin:clip_tiny_synthetic", "vit_tiny_clip")
+
+
+def test_one_frozen_element_off_the_clip_file_is_refused(tmp_path):
+    official = random_official(1, 0.5)
+    release = tmp_path / "aim.pth"
+    state = official.release_state_dict()
+    pretrained = tmp_path / "clip.safetensors"
+    save_file({f"visual.{k.removeprefix('backbone.')}": v.contiguous() for k, v in state.items()
+               if k.startswith("backbone.") and "Adapter" not in k and "temporal" not in k},
+              str(pretrained))
+    state["backbone.transformer.resblocks.2.mlp.c_fc.weight"][17, 5] += 1e-3
+    torch.save({"state_dict": state}, release)
+    with pytest.raises(CheckpointError, match=r"differ from .* \(first: "
+                                              r"backbone\.blocks\.2\.mlp\.fc1\.weight\)"):
+        import_release(release, "aim", str(pretrained), "vit_tiny_clip")

@@ -36,7 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                            "adapter checkpoint."),
     "export": ("export", "Write a standalone model (backbone + head + method weights, LoRA "
                          "folded in) for serving."),
-    "import-checkpoint": ("import_checkpoint", "Read a paper's released checkpoint (AIM) into a "
+    "import-checkpoint": ("import_checkpoint", "Read a paper's released checkpoint (AIM, "
+                                               "ST-Adapter, EVL, ActionCLIP, X-CLIP) into a "
                                                "vidadapt adapter checkpoint."),
 }
 

@@ -5,11 +5,11 @@ A converter maps a release's state dict (its official code's module names) onto 
 model's and says what the file tells of the architecture. Its facts are a dict: ``num_frames``
 and ``num_classes`` when the file tells them, ``grid`` (patches per side) when only a table's
 size tells the input size, ``data`` (config overrides the release's preprocessing needs), and
-method options. Releases
-hold different parts: the whole model (ActionCLIP, X-CLIP), the frozen image model with the
-adapters (AIM), or only what trained (ST-Adapter, EVL). Every tensor the imported method trains
-must be in the file; frozen tensors that are in it must equal the CLIP file given as
-``pretrained``, from which ``eval``, ``predict``, ``export`` and ``train`` rebuild them.
+method options. Releases hold different parts: the whole model (ActionCLIP, X-CLIP), the frozen
+image model with the adapters (AIM), or only what trained (ST-Adapter, EVL). Every tensor the
+imported method trains must be in the file; frozen tensors that are in it must equal the CLIP
+file given as ``pretrained``, element for element, as ``eval``, ``predict``, ``export`` and
+``train`` rebuild them from that file.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from torch import Tensor
 from .backbones import preset_config
 from .config import ExperimentConfig, config_from_dict
 from .engine.build import build_model
-from .engine.checkpoint import backbone_fingerprint
 from .errors import CheckpointError, ConfigError
 from .methods.actionclip import convert_actionclip_release
 from .methods.aim import convert_aim_release
@@ -100,8 +99,9 @@ def import_release(
     if method not in CONVERTERS:
         raise ConfigError(f"import-checkpoint reads {', '.join(CONVERTERS)} releases; "
                           f"{method!r} is not supported")
+    release = read_release(path)
     try:
-        state, facts = CONVERTERS[method](read_release(path), num_frames)
+        state, facts = CONVERTERS[method](release, num_frames)
     except (KeyError, CheckpointError) as err:
         what = f"no key {err.args[0]}" if isinstance(err, KeyError) else str(err)
         raise CheckpointError(f"{path} is not a release of {method}: {what}") from None
@@ -145,20 +145,23 @@ def _input_size(state: StateDict, backbone: str, grid: int | None) -> int:
 
 def _load_release(model: VideoModel, state: StateDict, path: str | Path, pretrained: str) -> None:
     """Load ``state`` over the model built on ``pretrained``: every tuned tensor from the file;
-    the frozen ones it holds must be the pretrained ones."""
-    frozen = backbone_fingerprint(model)
+    the frozen ones it holds must equal the pretrained ones, element for element."""
+    tuned = {n for n, p in model.named_parameters() if p.requires_grad}
+    current = model.state_dict()
+    differing = [k for k, v in state.items()
+                 if k in current and k not in tuned and current[k].shape == v.shape
+                 and not torch.equal(current[k], v.to(current[k].dtype))]
+    if differing:
+        raise CheckpointError(f"the frozen weights in {path} differ from {pretrained} (first: "
+                              f"{differing[0]}): pass the CLIP file the release was trained from")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shapes
         first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
         raise CheckpointError(f"{path} does not fit {model.spec.method}: {first}") from None
-    tuned = {n for n, p in model.named_parameters() if p.requires_grad}
     lacking = sorted(tuned.intersection(missing))
     if unexpected or lacking:
         what = (f"unexpected key {unexpected[0]}" if unexpected
                 else f"no {lacking[0]} ({len(lacking)} trained tensors missing)")
         raise CheckpointError(f"{path} does not fit {model.spec.method}: {what}; check "
                               "--method and the --set options")
-    if backbone_fingerprint(model) != frozen:
-        raise CheckpointError(f"the frozen weights in {path} differ from {pretrained}: pass "
-                              "the CLIP file the release was trained from")

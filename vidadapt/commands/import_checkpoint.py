@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="the released .pth file")
     parser.add_argument("--method", required=True, choices=sorted(CONVERTERS))
     parser.add_argument("--pretrained", required=True,
-                        help="the CLIP file the release's frozen image model came from")
+                        help="the CLIP file the release started from (its frozen weights, the "
+                             "architecture and the tokenizer)")
     parser.add_argument("--backbone", default="vit_b16_clip", help="backbone preset")
     parser.add_argument("--num-frames", type=int,
                         help="frames per clip, for releases that do not record it "

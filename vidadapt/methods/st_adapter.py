@@ -118,10 +118,10 @@ def convert_st_adapter_release(
     sites = {k.split(".")[3] for k in state if ".pre_attn.0." in k or ".pre_mlp.0." in k}
     blocks = {int(k.split(".")[2]) for k in state if ".pre_mlp.0." in k or ".pre_attn.0." in k}
     if blocks and len(blocks) != 1 + max(blocks):
-        raise CheckpointError(f"the release adapts blocks {sorted(blocks)}; vidadapt's st_adapter "
-                         "adapts every block")
-    conv = next((v for k, v in state.items() if k.endswith("0.conv.weight")), None)
-    if conv is None:  # [Ca, 1, *kernel]
+        raise CheckpointError(f"it adapts blocks {sorted(blocks)} only; vidadapt's "
+                              "st_adapter adapts every block")
+    conv = next((v for k, v in state.items() if k.endswith("0.conv.weight")), None)  # [Ca, 1, *k]
+    if conv is None:
         raise CheckpointError("it holds no ST-Adapter adapters")
     facts = {
         "positions": [p for p in POSITIONS if p in sites],

@@ -277,16 +277,16 @@ def convert_xclip_release(
 ) -> tuple[StateDict, dict]:
     """An official X-CLIP checkpoint's ``model`` → a vidadapt ``xclip`` model's tensors, and
     what the file says: ``num_frames``, ``mit_layers``, ``prompt_layers``, their heads (E / 64
-    in the official code, 8 at ViT-B, 12 at ViT-L), the fine-tuned image
-    tower (its recipe's; the text tower stays frozen, as there), ImageNet normalisation (its
-    data pipeline's) and ``num_classes`` (none: the class names give them)."""
+    in the official code: 8 at ViT-B, 12 at ViT-L), the fine-tuned image tower (its recipe's;
+    the text tower stays frozen, as there) and ImageNet normalisation (its data pipeline's).
+    The class count comes from the class names."""
     visual = rename_keys(convert_openai_clip(state_dict), _RELEASE_MESSAGE_RULES)
     state = {f"backbone.{k}": v for k, v in visual.items()}
     state.update({f"head.text.{k}": v for k, v in convert_openai_text(state_dict).items()})
     state["head.logit_scale"] = state_dict["logit_scale"]
-    heads = {k: v for k, v in state_dict.items()
-             if k.startswith(("mit.", "prompts_visual_", "prompts_generator."))}
-    state.update(rename_keys(heads, _RELEASE_HEAD_RULES + OPENAI_RULES))
+    video_modules = {k: v for k, v in state_dict.items()
+                     if k.startswith(("mit.", "prompts_visual_", "prompts_generator."))}
+    state.update(rename_keys(video_modules, _RELEASE_HEAD_RULES + OPENAI_RULES))
     state["temporal.temporal_embed"] = state["temporal.temporal_embed"][0]  # [T, E]
     heads = state["temporal.temporal_embed"].shape[1] // 64  # upstream: E // 64 in both
     facts = {
