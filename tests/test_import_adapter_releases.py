@@ -5,9 +5,12 @@ trained, so the frozen image model comes from the CLIP file given."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from official_clip import (
     CLASSES,
     DEPTH,
@@ -26,6 +29,7 @@ from torch import nn
 
 from vidadapt.cli import main as cli
 from vidadapt.config import config_from_dict
+from vidadapt.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from vidadapt.engine.build import build_model
 from vidadapt.engine.checkpoint import load_adapter, read_adapter
 from vidadapt.errors import CheckpointError, ConfigError
@@ -220,11 +224,11 @@ class OfficialEVL(nn.Module):
     """The frozen CLIP image model (not saved), its last ``layers`` blocks' outputs and q, k
     read by the decoder, and ``proj`` = LayerNorm, Dropout, Linear."""
 
-    def __init__(self, layers: int = 2) -> None:
+    def __init__(self, layers: int = 2, classes: int = CLASSES) -> None:
         super().__init__()
         self.visual = VisualTransformer([ResidualAttentionBlock() for _ in range(DEPTH)])
         self.decoder = EVLDecoder(layers)
-        self.proj = nn.Sequential(nn.LayerNorm(WIDTH), nn.Dropout(0.5), nn.Linear(WIDTH, CLASSES))
+        self.proj = nn.Sequential(nn.LayerNorm(WIDTH), nn.Dropout(0.5), nn.Linear(WIDTH, classes))
         self.layers = layers
 
     def forward(self, video):  # [B, T, 3, H, W]
@@ -287,3 +291,28 @@ def test_counts_given_that_contradict_the_file_are_refused(tmp_path):
                                               "ST-Adapter adapters"):
         import_release(tmp_path / "clip.pth", "st_adapter", pretrained, "vit_tiny_clip",
                        num_frames=FRAMES)
+
+
+def test_train_resume_from_continues_an_imported_release(tmp_path, monkeypatch):
+    """Fine-tune an imported EVL release on the synthetic set (its 13 classes): at a learning
+    rate of 1e-12 the run ends where the release started."""
+    monkeypatch.chdir(tmp_path)  # the synthetic set is generated under .cache/ here
+    official = randomize(OfficialEVL(layers=1, classes=len(SYNTHETIC_CLASSES)))
+    torch.save(official.release(), tmp_path / "evl.pth")
+    pretrained = clip_file(official.visual, tmp_path / "clip.safetensors")
+    (tmp_path / "classes.txt").write_text("\n".join(SYNTHETIC_CLASSES))
+    assert 0 == cli(["import-checkpoint", str(tmp_path / "evl.pth"), "--method", "evl",
+                     "--backbone", "vit_tiny_clip", "--pretrained", pretrained,
+                     "--classes", str(tmp_path / "classes.txt"), "--out", "imported"])
+    imported = read_adapter("imported/imported.safetensors")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(imported.config))
+    synthetic = {"num_train": 26, "num_val": 13, "frames": 8, "size": IMAGE}
+    overrides = ["data.dataset=synthetic", f"data.synthetic={json.dumps(synthetic)}",
+                 "data.batch_size=13", "data.num_workers=0", "optim.epochs=1", "optim.lr=1e-12"]
+    assert 0 == cli(["train", "recipe.yaml", "--work-dir", "tuned", "--resume-from",
+                     "imported/imported.safetensors",
+                     *[arg for override in overrides for arg in ("--set", override)]])
+    tuned = read_adapter("tuned/last.safetensors")
+    assert tuned.classes == SYNTHETIC_CLASSES and tuned.state.keys() == imported.state.keys()
+    for key, value in imported.state.items():
+        torch.testing.assert_close(tuned.state[key], value, rtol=0, atol=1e-9, msg=key)

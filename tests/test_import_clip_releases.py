@@ -34,7 +34,7 @@ from vidadapt.clip import TEMPLATES, ClipTokenizer
 from vidadapt.config import config_from_dict
 from vidadapt.engine.build import build_model
 from vidadapt.engine.checkpoint import load_adapter, read_adapter
-from vidadapt.errors import CheckpointError
+from vidadapt.errors import CheckpointError, ConfigError
 from vidadapt.methods.xclip import convert_hf_xclip, convert_xclip_release
 from vidadapt.releases import import_release
 
@@ -83,6 +83,9 @@ def test_an_official_actionclip_checkpoint_gives_the_official_test_scores(tmp_pa
     torch.save(official.release(), tmp_path / "actionclip.pt")
     model, cfg = import_release(tmp_path / "actionclip.pt", "actionclip", PRETRAINED,
                                 "vit_tiny_clip", num_frames=FRAMES, classes=NAMES)
+    with pytest.raises(ConfigError, match="does not record its frame count: pass --num-frames"):
+        import_release(tmp_path / "actionclip.pt", "actionclip", PRETRAINED, "vit_tiny_clip",
+                       classes=NAMES)
     options = cfg.method["actionclip"]
     assert (options.fusion, options.fusion_layers) == ("transformer", 2)
     assert options.tune_image_encoder and options.tune_text_encoder  # the official recipe

@@ -257,10 +257,7 @@ def convert_actionclip_release(
     state["head.logit_scale"] = torch.tensor(OFFICIAL_TEST_LOGIT_SCALE)
     kind = _fusion_kind(fusion)
     facts: dict = {"fusion": kind, "tune_image_encoder": True, "tune_text_encoder": True}
-    if kind == "transformer":
-        if num_frames is None:
-            raise ConfigError("an ActionCLIP release does not record its frame count: pass "
-                              "--num-frames (8 for the released models)")
+    if kind == "transformer":  # without num_frames the import asks for it before loading
         positions = fusion.pop("frame_position_embeddings.weight")  # [77, E]
         state["temporal.temporal_embed"] = positions[:num_frames]  # [T, E]
         facts["fusion_layers"] = len({k.split(".")[2] for k in fusion
