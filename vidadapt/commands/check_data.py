@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes checking videos (default: one per core; 0 = none)")
     parser.add_argument("--min-frames", type=int, default=1,
                         help="videos with fewer frames count as bad (default: 1)")
-    parser.add_argument("--reader", default="pyav", choices=("pyav", "decord"),
+    parser.add_argument("--reader", default="pyav", choices=("pyav", "decord", "torchcodec"),
                         help="the decoder training will use (data.reader; default: pyav)")
     parser.add_argument("--write-clean", metavar="OUT",
                         help="write the annotation without the bad files to OUT (list or "

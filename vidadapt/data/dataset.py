@@ -21,8 +21,16 @@ from torch.utils.data import Dataset, get_worker_info
 
 from ..errors import DataError
 from .annotations import Annotation, VideoRecord
-from .decode import BadVideoError, DecordReader, PyAVReader, RawFrameReader, VideoReader
+from .decode import (
+    BadVideoError,
+    DecordReader,
+    PyAVReader,
+    RawFrameReader,
+    TorchCodecReader,
+    VideoReader,
+)
 from .sampling import FrameSampler
+from .transforms import PlannedClip
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +80,16 @@ def collate_samples(samples: Sequence[dict]) -> dict:
     Evaluation samples whose video could not be read (``video`` None) are left out of the
     batch; ``video`` is None when none was read."""
     read = [s for s in samples if s["video"] is not None]
-    return {
+    batch = {
         # [B, T, 3, H, W] / [B, V, T, 3, H, W]
         "video": torch.stack([s["video"] for s in read]) if read else None,
         "label": torch.tensor([s["label"] for s in read], dtype=torch.long),  # [B]
         "index": torch.tensor([s["index"] for s in read], dtype=torch.long),  # [B]
         "skipped": [skip for s in samples for skip in s["skipped"]],
     }
+    if read and "augment" in read[0]:  # data.gpu_augment: uint8 clips, steps left to run
+        batch["augment"] = [s["augment"] for s in read]
+    return batch
 
 
 def frame_count(record: VideoRecord, path: str, reader: VideoReader, min_frames: int = 1) -> int:
@@ -101,13 +112,17 @@ def check_record(record: VideoRecord, reader: VideoReader, min_frames: int = 1) 
     return None
 
 
-def default_reader(annotation: Annotation, video_reader: str = "pyav") -> VideoReader:
+def default_reader(annotation: Annotation, video_reader: str = "pyav",
+                   decode_device: str = "cpu") -> VideoReader:
     """``RawFrameReader`` for raw-frame annotations, else the video reader named
-    ``video_reader`` (``data.reader``): ``"pyav"`` (``PyAVReader``) or ``"decord"``."""
+    ``video_reader`` (``data.reader``): ``"pyav"`` (``PyAVReader``), ``"decord"`` or
+    ``"torchcodec"`` (decoding on ``decode_device``)."""
     records = annotation.records
     if records and records[0].num_frames is not None:
         # The raw-frame formats give every record of a file the same start index.
         return RawFrameReader(start_index=records[0].start_index)
+    if video_reader == "torchcodec":
+        return TorchCodecReader(device=decode_device)
     return DecordReader() if video_reader == "decord" else PyAVReader()
 
 
@@ -117,7 +132,9 @@ class VideoDataset(Dataset):
     A sample is ``{"video", "label", "index", "skipped"}``: ``video`` is float ``[T, 3, H, W]``
     in training and ``[V, T, 3, H, W]`` at test with V = clips x crops (the transform returns a
     list of crops at test); ``index`` is the requested index; ``skipped`` lists the
-    ``(path, reason)`` of the bad files passed over to make this sample.
+    ``(path, reason)`` of the bad files passed over to make this sample. A transform that defers
+    its last steps to the device (``data.gpu_augment``) gives a uint8 ``video`` and, under
+    ``augment``, the parameters it drew for those steps.
 
     In training a file that fails is replaced by another sample (see below). At test
     (``train=False``) it is not: the sample's ``video`` is None, so an evaluation scores only
@@ -207,7 +224,10 @@ class VideoDataset(Dataset):
                     return {"video": None, "label": record.label, "index": index,
                             "skipped": skipped}
                 continue
-            return {"video": video, "label": label, "index": index, "skipped": skipped}
+            sample = {"video": video, "label": label, "index": index, "skipped": skipped}
+            if isinstance(video, PlannedClip):  # the rest of its transform runs on the device
+                sample.update(video=video.clip, augment=video.plans)
+            return sample
         tried = "; ".join(f"{path} ({reason})" for path, reason in skipped)
         raise DataError(f"sample {index}: {len(skipped)} unreadable videos in a row: {tried}; "
                         f"`vidadapt check-data {self.source}` lists every bad file")

@@ -18,6 +18,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,25 @@ class ClipTransform(ABC):
 
     def __call__(self, clip: Tensor, label: int, generator: Generator = None):
         return self.apply(clip, generator), label
+
+
+class BatchTransform(ClipTransform):
+    """A transform whose random parameters are drawn apart from their use, so that it can also
+    run on a batch of clips on the accelerator (``data.gpu_augment``): the loader worker draws
+    each clip's parameters (``draw``), the training step applies them to the whole batch
+    (``apply_batch``). Both ways run the same code on the same draws, so they follow the same
+    distributions and are as reproducible as each other."""
+
+    @abstractmethod
+    def draw(self, clip: Tensor, generator: Generator = None) -> Any:
+        """The random parameters for ``clip`` (only its size is read)."""
+
+    @abstractmethod
+    def apply_batch(self, clips: Tensor, plans: Sequence) -> Tensor:
+        """Transform ``clips`` (``[B, T, 3, H, W]``), clip ``b`` as ``plans[b]`` says."""
+
+    def apply(self, clip: Tensor, generator: Generator = None) -> Tensor:
+        return self.apply_batch(clip.unsqueeze(0), [self.draw(clip, generator)])[0]
 
 
 class Compose:
@@ -305,53 +325,65 @@ def mirror_label_map(classes: Sequence[str]) -> dict[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Colour: float helpers on [0, 255] values, uint8 ops built on them
+# Appearance ops: a batch of clips [B, T, 3, H, W] and one amount per clip (a float, or a [B]
+# tensor). Statistics (a contrast's mean grey, autocontrast's range, equalize's histogram) are
+# taken per clip over all its frames, so every frame of a clip changes alike.
 # ---------------------------------------------------------------------------------------------
 
 
-def _blend(image: Tensor, other: Tensor | float, factor: float) -> Tensor:
+def _per_clip(amount: Tensor | float, clips: Tensor) -> Tensor:
+    """``amount`` (a float or one value per clip) shaped to broadcast over ``[B, T, C, H, W]``."""
+    return torch.as_tensor(amount, dtype=torch.float32, device=clips.device).reshape(-1, 1, 1, 1, 1)
+
+
+def _blend(image: Tensor, other: Tensor | float, factor: Tensor) -> Tensor:
     """``factor`` · image + (1 − factor) · other, the PIL ImageEnhance interpolation."""
-    return (other + factor * (image - other)).clamp(0, 255)
+    return (other + factor * (image - other)).clamp_(0, 255)
 
 
-def _grayscale(clip: Tensor) -> Tensor:
-    r, g, b = clip.unbind(-3)
-    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)  # [T, 1, H, W]
+def _grayscale(clips: Tensor) -> Tensor:
+    r, g, b = clips.unbind(-3)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)  # [B, T, 1, H, W]
 
 
-def _to_uint8(clip: Tensor) -> Tensor:
-    return clip.round().clamp(0, 255).to(torch.uint8)
+def _to_uint8(clips: Tensor) -> Tensor:
+    return clips.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def adjust_brightness(clip: Tensor, factor: float) -> Tensor:
-    return _to_uint8(_blend(clip.float(), 0.0, factor))
+def adjust_brightness(clips: Tensor, factor: Tensor | float) -> Tensor:
+    return _to_uint8(_blend(clips.float(), 0.0, _per_clip(factor, clips)))
 
 
-def adjust_contrast(clip: Tensor, factor: float) -> Tensor:
+def adjust_contrast(clips: Tensor, factor: Tensor | float) -> Tensor:
     # The grey level blended towards is the mean of the whole clip, so every frame changes alike.
-    clip = clip.float()
-    return _to_uint8(_blend(clip, _grayscale(clip).mean(), factor))
+    clips = clips.float()
+    mean = _grayscale(clips).mean(dim=(1, 2, 3, 4), keepdim=True)  # [B, 1, 1, 1, 1]
+    return _to_uint8(_blend(clips, mean, _per_clip(factor, clips)))
 
 
-def adjust_saturation(clip: Tensor, factor: float) -> Tensor:
-    clip = clip.float()
-    return _to_uint8(_blend(clip, _grayscale(clip), factor))
+def adjust_saturation(clips: Tensor, factor: Tensor | float) -> Tensor:
+    clips = clips.float()
+    return _to_uint8(_blend(clips, _grayscale(clips), _per_clip(factor, clips)))
 
 
-def adjust_sharpness(clip: Tensor, factor: float) -> Tensor:
-    """Blend with a 3×3 smoothed copy (PIL's SMOOTH kernel); border pixels stay as they are."""
-    frames = clip.float().reshape(-1, 1, *clip.shape[-2:])  # [T*3, 1, H, W]
-    kernel = torch.ones(1, 1, 3, 3)
-    kernel[0, 0, 1, 1] = 5
-    smooth = frames.clone()
-    smooth[..., 1:-1, 1:-1] = F.conv2d(frames, kernel / kernel.sum())  # [T*3, 1, H-2, W-2]
-    return _to_uint8(_blend(frames, smooth, factor)).reshape(clip.shape)
+def adjust_sharpness(clips: Tensor, factor: Tensor | float) -> Tensor:
+    """Blend with a smoothed copy (PIL's SMOOTH kernel: 1s around a 5, over 13); border pixels
+    stay as they are."""
+    image = clips.float()
+    frames = image.flatten(0, 2).unsqueeze(1)  # [B*T*3, 1, H, W]
+    # The kernel is (9 · box3x3 + 4 · centre) / 13: a box filter is far cheaper than a conv2d
+    # with one input channel, and gives the same values.
+    box = F.avg_pool2d(frames, 3, stride=1)  # [B*T*3, 1, H-2, W-2]
+    smooth = image.clone()
+    smooth[..., 1:-1, 1:-1] = ((9 * box + 4 * frames[..., 1:-1, 1:-1]) / 13).view(
+        *image.shape[:3], *box.shape[-2:])
+    return _to_uint8(_blend(image, smooth, _per_clip(factor, clips)))
 
 
-def adjust_hue(clip: Tensor, shift: float) -> Tensor:
+def adjust_hue(clips: Tensor, shift: Tensor | float) -> Tensor:
     """Rotate the hue by ``shift`` turns (−0.5 … 0.5) in HSV space."""
-    rgb = clip.float() / 255
-    r, g, b = rgb.unbind(-3)
+    rgb = clips.float() / 255
+    r, g, b = rgb.unbind(-3)  # each [B, T, H, W]
     value, _ = rgb.max(-3)
     chroma = value - rgb.min(-3).values
     safe_chroma = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
@@ -362,7 +394,7 @@ def adjust_hue(clip: Tensor, shift: float) -> Tensor:
         torch.where(value == g, 2 + (b - r) / safe_chroma, 4 + (r - g) / safe_chroma),
     )
     hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
-    hue = (hue + shift) % 1.0
+    hue = (hue + _per_clip(shift, clips)[..., 0]) % 1.0  # per-clip shift over [B, T, H, W]
     return _to_uint8(_hsv_to_rgb(hue, saturation, value) * 255)
 
 
@@ -383,118 +415,170 @@ def _hsv_to_rgb(hue: Tensor, saturation: Tensor, value: Tensor) -> Tensor:
             torch.stack([t, p, value]),
             torch.stack([value, p, q]),
         ]
-    )  # [6, 3, T, H, W]
+    )  # [6, 3, B, T, H, W]
     index = sector.unsqueeze(0).unsqueeze(0).expand(1, 3, *sector.shape)
-    return table.gather(0, index)[0].movedim(0, -3)  # [T, 3, H, W]
+    return table.gather(0, index)[0].movedim(0, -3)  # [B, T, 3, H, W]
 
 
-def autocontrast(clip: Tensor, _: float = 0.0) -> Tensor:
-    """Stretch each channel to 0…255, with one min/max over the whole clip."""
-    flat = clip.float().transpose(0, -3).reshape(3, -1)  # [3, T*H*W]
-    low = flat.min(1).values.view(3, 1, 1)
-    high = flat.max(1).values.view(3, 1, 1)
+def autocontrast(clips: Tensor, _: Tensor | float = 0.0) -> Tensor:
+    """Stretch each channel to 0…255, with one min/max per channel over the whole clip."""
+    flat = clips.transpose(1, 2).flatten(2)  # [B, 3, T*H*W]
+    low = flat.amin(2).float().view(-1, 1, 3, 1, 1)
+    high = flat.amax(2).float().view(-1, 1, 3, 1, 1)
     scale = torch.where(high > low, 255 / (high - low).clamp_min(1), torch.ones_like(high))
     low = torch.where(high > low, low, torch.zeros_like(low))
     # Truncate like PIL's ImageOps.autocontrast and torchvision.
-    return ((clip.float() - low) * scale).floor().clamp(0, 255).to(torch.uint8)
+    return ((clips.float() - low) * scale).floor_().clamp_(0, 255).to(torch.uint8)
 
 
-def equalize(clip: Tensor, _: float = 0.0) -> Tensor:
+def equalize(clips: Tensor, _: Tensor | float = 0.0) -> Tensor:
     """Histogram equalisation per channel (PIL's algorithm), one histogram per clip."""
-    channels = []
-    for channel in clip.unbind(-3):
-        histogram = torch.bincount(channel.flatten().long(), minlength=256)
-        used = histogram[histogram > 0]
-        step = int(used.sum() - used[-1]) // 255
-        if step == 0:
-            channels.append(channel)
-            continue
-        lut = (torch.cumsum(histogram, 0) + step // 2) // step
-        lut = torch.cat([lut.new_zeros(1), lut[:-1]]).clamp(0, 255).to(torch.uint8)
-        channels.append(lut[channel.long()])
-    return torch.stack(channels, -3)
+    B = clips.shape[0]
+    values = clips.transpose(1, 2).reshape(B * 3, -1).long()  # [B*3, T*H*W]
+    offsets = 256 * torch.arange(B * 3, device=clips.device).unsqueeze(1)
+    histogram = torch.bincount((values + offsets).flatten(), minlength=B * 3 * 256)
+    histogram = histogram.view(B * 3, 256)
+    # PIL leaves out the count of the highest value present from the step.
+    highest = 255 - (histogram > 0).flip(1).int().argmax(1, keepdim=True)  # [B*3, 1]
+    step = (histogram.sum(1, keepdim=True) - histogram.gather(1, highest)) // 255
+    lut = (torch.cumsum(histogram, 1) + step // 2) // step.clamp_min(1)
+    lut = torch.cat([lut.new_zeros(B * 3, 1), lut[:, :-1]], 1).clamp_(0, 255)
+    identity = torch.arange(256, device=clips.device).expand(B * 3, 256)
+    lut = torch.where(step == 0, identity, lut)  # a flat channel stays as it is
+    out = lut.gather(1, values).to(torch.uint8)  # [B*3, T*H*W]
+    return out.view(B, 3, *clips.shape[1:2], *clips.shape[3:]).transpose(1, 2)
 
 
-def posterize(clip: Tensor, bits: float) -> Tensor:
+def posterize(clips: Tensor, bits: Tensor | float) -> Tensor:
     """Keep the ``bits`` most significant bits of every value."""
-    mask = (0xFF << (8 - int(bits))) & 0xFF
-    return clip & mask
+    kept = _per_clip(bits, clips).to(torch.int32)
+    return clips & ((0xFF << (8 - kept)) & 0xFF).to(torch.uint8)
 
 
-def solarize(clip: Tensor, threshold: float) -> Tensor:
+def solarize(clips: Tensor, threshold: Tensor | float) -> Tensor:
     """Invert values at or above ``threshold`` (256 leaves the clip unchanged)."""
-    return torch.where(clip >= threshold, 255 - clip, clip)
+    return torch.where(clips >= _per_clip(threshold, clips), 255 - clips, clips)
 
 
-def affine(clip: Tensor, matrix: Sequence[Sequence[float]], shift=(0.0, 0.0), fill=128) -> Tensor:
-    """Warp every frame alike: the output pixel at offset ``p`` from the frame centre reads the
-    input at ``matrix @ p + shift`` (pixels), nearest neighbour, ``fill`` outside."""
-    height, width = clip.shape[-2:]
+def affine(clips: Tensor, matrices: Tensor, shifts: Tensor, fill: int = 128) -> Tensor:
+    """Warp every frame of clip ``b`` alike: the output pixel at offset ``p`` from the frame
+    centre reads the input at ``matrices[b] @ p + shifts[b]`` (pixels; ``[B, 2, 2]`` and
+    ``[B, 2]``), nearest neighbour, ``fill`` outside."""
+    B, T, C, H, W = clips.shape
     # affine_grid works in [-1, 1] coordinates: convert pixels to those on both sides.
-    to_unit = torch.tensor([2 / width, 2 / height])
-    linear = torch.tensor(matrix, dtype=torch.float32) * to_unit[:, None] / to_unit[None, :]
-    offset = torch.tensor(shift, dtype=torch.float32) * to_unit
-    theta = torch.cat([linear, offset[:, None]], 1).expand(clip.shape[0], 2, 3)  # [T, 2, 3]
-    grid = F.affine_grid(theta, list(clip.shape), align_corners=False)
+    to_unit = torch.tensor([2 / W, 2 / H], device=clips.device)
+    linear = matrices * to_unit[:, None] / to_unit[None, :]
+    offset = shifts * to_unit
+    theta = torch.cat([linear, offset[..., None]], -1)  # [B, 2, 3]
+    theta = theta.repeat_interleave(T, 0)  # [B*T, 2, 3]
+    frames = clips.flatten(0, 1).float() - fill  # [B*T, 3, H, W]
+    grid = F.affine_grid(theta, list(frames.shape), align_corners=False)
     # Shift values so zero padding reads as `fill`; nearest sampling keeps them exact.
-    warped = F.grid_sample(clip.float() - fill, grid, mode="nearest", align_corners=False)
-    return _to_uint8(warped + fill)
+    warped = F.grid_sample(frames, grid, mode="nearest", align_corners=False)
+    return _to_uint8(warped + fill).view(B, T, C, H, W)
 
 
-def rotate(clip: Tensor, degrees: float) -> Tensor:
+def _amounts(amount: Tensor | float, clips: Tensor) -> Tensor:
+    """One float per clip: ``[B]``."""
+    return _per_clip(amount, clips).flatten().expand(clips.shape[0])
+
+
+def rotate(clips: Tensor, degrees: Tensor | float) -> Tensor:
     """Rotate counter-clockwise (as PIL) about the frame centre."""
-    angle = math.radians(degrees)
-    cos, sin = math.cos(angle), math.sin(angle)
-    return affine(clip, [[cos, -sin], [sin, cos]])
+    angle = torch.deg2rad(_amounts(degrees, clips))
+    cos, sin = angle.cos(), angle.sin()
+    matrices = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    return affine(clips, matrices, torch.zeros_like(matrices[..., 0]))
 
 
-def shear_x(clip: Tensor, amount: float) -> Tensor:
-    return affine(clip, [[1.0, amount], [0.0, 1.0]])
+def _shear(clips: Tensor, amount: Tensor | float, row: int) -> Tensor:
+    matrices = torch.eye(2, device=clips.device).repeat(clips.shape[0], 1, 1)  # [B, 2, 2]
+    matrices[:, row, 1 - row] = _amounts(amount, clips)
+    return affine(clips, matrices, torch.zeros_like(matrices[..., 0]))
 
 
-def shear_y(clip: Tensor, amount: float) -> Tensor:
-    return affine(clip, [[1.0, 0.0], [amount, 1.0]])
+def shear_x(clips: Tensor, amount: Tensor | float) -> Tensor:
+    return _shear(clips, amount, 0)
 
 
-def translate_x(clip: Tensor, fraction: float) -> Tensor:
-    return affine(clip, [[1.0, 0.0], [0.0, 1.0]], shift=(-fraction * clip.shape[-1], 0.0))
+def shear_y(clips: Tensor, amount: Tensor | float) -> Tensor:
+    return _shear(clips, amount, 1)
 
 
-def translate_y(clip: Tensor, fraction: float) -> Tensor:
-    return affine(clip, [[1.0, 0.0], [0.0, 1.0]], shift=(0.0, -fraction * clip.shape[-2]))
+def _translate(clips: Tensor, fraction: Tensor | float, axis: int) -> Tensor:
+    matrices = torch.eye(2, device=clips.device).repeat(clips.shape[0], 1, 1)  # [B, 2, 2]
+    shifts = torch.zeros(clips.shape[0], 2, device=clips.device)
+    shifts[:, axis] = -_amounts(fraction, clips) * clips.shape[-1 - axis]  # pixels
+    return affine(clips, matrices, shifts)
 
 
-def identity(clip: Tensor, _: float = 0.0) -> Tensor:
-    return clip
+def translate_x(clips: Tensor, fraction: Tensor | float) -> Tensor:
+    return _translate(clips, fraction, 0)
 
 
-class ColorJitter(ClipTransform):
+def translate_y(clips: Tensor, fraction: Tensor | float) -> Tensor:
+    return _translate(clips, fraction, 1)
+
+
+def identity(clips: Tensor, _: Tensor | float = 0.0) -> Tensor:
+    return clips
+
+
+class ColorJitter(BatchTransform):
     """Random brightness, contrast, saturation and hue, applied in a random order; each factor
     is drawn from ``[1 - x, 1 + x]`` (hue: a shift in ``[-x, x]`` turns), once per clip."""
+
+    OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
     def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0):
         if not 0 <= hue <= 0.5:
             raise ValueError(f"hue jitter must be in [0, 0.5], got {hue}")
         self.strengths = (brightness, contrast, saturation, hue)
 
-    def apply(self, clip: Tensor, generator: Generator = None) -> Tensor:
+    def draw(self, clip: Tensor, generator: Generator = None) -> tuple[list[int], list[float]]:
+        """``(order of the four ops, their factors)``."""
         brightness, contrast, saturation, hue = self.strengths
-        ops = [
-            (adjust_brightness, _uniform(max(0.0, 1 - brightness), 1 + brightness, generator)),
-            (adjust_contrast, _uniform(max(0.0, 1 - contrast), 1 + contrast, generator)),
-            (adjust_saturation, _uniform(max(0.0, 1 - saturation), 1 + saturation, generator)),
-            (adjust_hue, _uniform(-hue, hue, generator)),
+        factors = [
+            _uniform(max(0.0, 1 - brightness), 1 + brightness, generator),
+            _uniform(max(0.0, 1 - contrast), 1 + contrast, generator),
+            _uniform(max(0.0, 1 - saturation), 1 + saturation, generator),
+            _uniform(-hue, hue, generator),
         ]
-        for i in torch.randperm(len(ops), generator=generator).tolist():
-            if self.strengths[i] > 0:
-                op, factor = ops[i]
-                clip = op(clip, factor)
-        return clip
+        return torch.randperm(len(factors), generator=generator).tolist(), factors
+
+    def apply_batch(self, clips: Tensor, plans: Sequence) -> Tensor:
+        for position in range(len(self.OPS)):
+            ops = [order[position] for order, _ in plans]
+            factors = [factor[op] for op, (_, factor) in zip(ops, plans, strict=True)]
+            clips = _apply_grouped(clips, ops, factors, self._op)
+        return clips
+
+    def _op(self, index: int):
+        return self.OPS[index] if self.strengths[index] > 0 else None
 
     def __repr__(self) -> str:
         return "ColorJitter(brightness={}, contrast={}, saturation={}, hue={})".format(
             *self.strengths
         )
+
+
+def _apply_grouped(clips: Tensor, keys: list, amounts: list[float], op_of) -> Tensor:
+    """Apply to each clip ``b`` the op ``op_of(keys[b])`` (None: leave it) with ``amounts[b]``,
+    one call per distinct op over all the clips that drew it."""
+    out = None
+    for key in dict.fromkeys(keys):  # distinct, in order of first appearance
+        op = op_of(key)
+        if op is None:
+            continue
+        chosen = [b for b, k in enumerate(keys) if k == key]
+        amount = torch.tensor([amounts[b] for b in chosen])
+        if len(chosen) == len(keys):  # the whole batch: no gather and scatter
+            return op(clips if out is None else out, amount)
+        if out is None:
+            out = clips.clone()
+        index = torch.tensor(chosen, device=clips.device)
+        out[index] = op(clips[index], amount)
+    return clips if out is None else out
 
 
 MAX_MAGNITUDE = 10  # RandAugment magnitudes run from 0 (no change) to 10 (strongest)
@@ -519,7 +603,7 @@ RAND_AUGMENT_OPS = {
 }
 
 
-class RandAugment(ClipTransform):
+class RandAugment(BatchTransform):
     """RandAugment (Cubuk et al.): ``num_ops`` ops drawn uniformly (with replacement) from
     :data:`RAND_AUGMENT_OPS`, each at ``magnitude`` / 10 strength, same parameters for every
     frame. AIM's SSv2 recipe uses ``num_ops=4, magnitude=7``."""
@@ -530,15 +614,28 @@ class RandAugment(ClipTransform):
         self.num_ops, self.magnitude = num_ops, magnitude
         self.op_names = list(RAND_AUGMENT_OPS)
 
-    def apply(self, clip: Tensor, generator: Generator = None) -> Tensor:
+    def draw(self, clip: Tensor, generator: Generator = None) -> list[tuple[str, float]]:
+        """``num_ops`` pairs ``(op name, its argument)``."""
+        plan = []
         for _ in range(self.num_ops):
             name = self.op_names[_randint(len(self.op_names), generator)]
-            op, argument, signed = RAND_AUGMENT_OPS[name]
+            _, argument, signed = RAND_AUGMENT_OPS[name]
             strength = self.magnitude / MAX_MAGNITUDE
             if signed and _chance(0.5, generator):
                 strength = -strength
-            clip = op(clip, argument(strength))
-        return clip
+            plan.append((name, float(argument(strength))))
+        return plan
+
+    def apply_batch(self, clips: Tensor, plans: Sequence) -> Tensor:
+        for step in range(self.num_ops):
+            names = [plan[step][0] for plan in plans]
+            arguments = [plan[step][1] for plan in plans]
+            clips = _apply_grouped(clips, names, arguments, self._op)
+        return clips
+
+    @staticmethod
+    def _op(name: str):
+        return None if name == "identity" else RAND_AUGMENT_OPS[name][0]
 
     def __repr__(self) -> str:
         return f"RandAugment(num_ops={self.num_ops}, magnitude={self.magnitude})"
@@ -549,7 +646,7 @@ class RandAugment(ClipTransform):
 # ---------------------------------------------------------------------------------------------
 
 
-class Normalize(ClipTransform):
+class Normalize(BatchTransform):
     """uint8 → float: ``(x / 255 − mean) / std`` with a preset of :data:`NORMALIZATION`."""
 
     def __init__(self, preset: str = "clip"):
@@ -559,17 +656,22 @@ class Normalize(ClipTransform):
             )
         self.preset = preset
         mean, std = NORMALIZATION[preset]
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
+        # As one multiply-add per value: x · 1/(255 std) − mean/std.
+        self.scale = 1 / (255 * torch.tensor(std)).view(3, 1, 1)
+        self.shift = -(torch.tensor(mean) / torch.tensor(std)).view(3, 1, 1)
 
-    def apply(self, clip: Tensor, generator: Generator = None) -> Tensor:
-        return (clip.float() / 255 - self.mean) / self.std
+    def draw(self, clip: Tensor, generator: Generator = None) -> None:
+        return None
+
+    def apply_batch(self, clips: Tensor, plans: Sequence) -> Tensor:
+        scale, shift = self.scale.to(clips.device), self.shift.to(clips.device)
+        return torch.addcmul(shift, clips.float(), scale)
 
     def __repr__(self) -> str:
         return f"Normalize({self.preset!r})"
 
 
-class RandomErasing(ClipTransform):
+class RandomErasing(BatchTransform):
     """With probability ``p``, replace one box (area fraction ``area``, log-uniform aspect
     ratio) by standard normal noise, as timm's ``mode='pixel'``; the box and its noise are the
     same in every frame. Runs on normalised clips."""
@@ -582,9 +684,10 @@ class RandomErasing(ClipTransform):
     ):
         self.p, self.area, self.aspect_ratio = p, tuple(area), tuple(aspect_ratio)
 
-    def apply(self, clip: Tensor, generator: Generator = None) -> Tensor:
+    def draw(self, clip: Tensor, generator: Generator = None) -> tuple[int, ...] | None:
+        """``(top, left, h, w, noise seed)`` of the box for a clip of ``clip``'s size, or None."""
         if not _chance(self.p, generator):
-            return clip
+            return None
         height, width = clip.shape[-2:]
         log_ratio = (math.log(self.aspect_ratio[0]), math.log(self.aspect_ratio[1]))
         for _ in range(10):
@@ -595,11 +698,21 @@ class RandomErasing(ClipTransform):
             if h < height and w < width:
                 top = _randint(height - h + 1, generator)
                 left = _randint(width - w + 1, generator)
-                clip = clip.clone()
-                noise = torch.randn(3, h, w, generator=generator)
-                clip[..., top : top + h, left : left + w] = noise
-                return clip
-        return clip
+                return top, left, h, w, _randint(2**62, generator)
+        return None
+
+    def apply_batch(self, clips: Tensor, plans: Sequence) -> Tensor:
+        boxes = [(b, plan) for b, plan in enumerate(plans) if plan is not None]
+        if not boxes:
+            return clips
+        clips = clips.clone()
+        for b, (top, left, h, w, seed) in boxes:
+            # The noise comes from the clip's own seed on the clip's device: the same
+            # distribution wherever it runs, reproducible given the seed.
+            generator = torch.Generator(clips.device).manual_seed(seed)
+            noise = torch.randn(3, h, w, generator=generator, device=clips.device)
+            clips[b, ..., top : top + h, left : left + w] = noise  # every frame alike
+        return clips
 
     def __repr__(self) -> str:
         return f"RandomErasing(p={self.p}, area={self.area})"
@@ -666,11 +779,27 @@ class TransformConfig:
             )
 
 
-def build_transform(config: TransformConfig, train: bool) -> Compose:
+def appearance_steps(config: TransformConfig) -> list[BatchTransform]:
+    """The training steps after the crop and flip: colour, RandAugment, normalisation, erasing
+    (in the worker, or batched on the device with ``data.gpu_augment``)."""
+    steps: list[BatchTransform] = []
+    if config.color_jitter is not None:
+        steps.append(ColorJitter(*config.color_jitter))
+    if config.rand_augment is not None:
+        steps.append(RandAugment(*config.rand_augment))
+    steps.append(Normalize(config.normalize))
+    if config.random_erasing > 0:
+        steps.append(RandomErasing(config.random_erasing))
+    return steps
+
+
+def build_transform(config: TransformConfig, train: bool, defer: bool = False) -> Compose:
     """The pipeline ``(uint8 clip [T, 3, H, W], label) -> (clip, label)``.
 
-    Training returns one float clip ``[T, 3, size, size]``; testing returns a list of
-    ``config.test_crops`` float clips (the spatial views whose scores are averaged).
+    Training returns one float clip ``[T, 3, size, size]``, or with ``defer`` a
+    :class:`PlannedClip`: the cropped and flipped uint8 clip and the drawn parameters of the
+    :func:`appearance_steps`, which :func:`device_augment` applies to the batch. Testing returns
+    a list of ``config.test_crops`` float clips (the spatial views whose scores are averaged).
     """
     config.validate()
     if not train:
@@ -690,11 +819,57 @@ def build_transform(config: TransformConfig, train: bool) -> Compose:
     steps = [Resize(config.short_side), crops[config.crop]]
     if config.flip:
         steps.append(RandomHorizontalFlip(0.5, config.label_swap))
-    if config.color_jitter is not None:
-        steps.append(ColorJitter(*config.color_jitter))
-    if config.rand_augment is not None:
-        steps.append(RandAugment(*config.rand_augment))
-    steps.append(Normalize(config.normalize))
-    if config.random_erasing > 0:
-        steps.append(RandomErasing(config.random_erasing))
+    appearance = appearance_steps(config)
+    steps += [DrawPlans(appearance)] if defer else appearance
     return Compose(steps)
+
+
+def device_augment(config: TransformConfig) -> DeviceAugment:
+    """What a training step applies to a deferred batch (``build_transform(defer=True)``)."""
+    return DeviceAugment(appearance_steps(config))
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation on the device (data.gpu_augment)
+# ---------------------------------------------------------------------------------------------
+
+
+class PlannedClip(NamedTuple):
+    """A clip whose last transform steps are deferred to the device: the uint8 frames and the
+    parameters each deferred step drew for them."""
+
+    clip: Tensor  # uint8 [T, 3, H, W]
+    plans: tuple  # one per step of the DeviceAugment, in its order
+
+
+class DrawPlans:
+    """The last step of a worker's pipeline with ``data.gpu_augment``: draws the parameters of
+    ``steps`` for the clip, in the order running them would, and leaves the clip uint8 (a
+    quarter of the bytes of a float clip to move to the device)."""
+
+    def __init__(self, steps: Sequence[BatchTransform]):
+        self.steps = list(steps)
+
+    def __call__(self, clip: Tensor, label: int, generator: Generator = None):
+        return PlannedClip(clip, tuple(step.draw(clip, generator) for step in self.steps)), label
+
+    def __repr__(self) -> str:
+        return f"DrawPlans({self.steps!r}, applied on the device)"
+
+
+class DeviceAugment:
+    """``(uint8 clips [B, T, 3, H, W] on the device, each clip's plans) -> float clips``: the
+    deferred steps, batched where the device is."""
+
+    def __init__(self, steps: Sequence[BatchTransform]):
+        self.steps = list(steps)
+
+    def __call__(self, clips: Tensor, plans: Sequence[tuple]) -> Tensor:
+        if len(plans) != clips.shape[0] or any(len(p) != len(self.steps) for p in plans):
+            raise ValueError(f"{len(plans)} plans of {self.steps} for {clips.shape[0]} clips")
+        for k, step in enumerate(self.steps):
+            clips = step.apply_batch(clips, [plan[k] for plan in plans])
+        return clips
+
+    def __repr__(self) -> str:
+        return f"DeviceAugment({self.steps!r})"

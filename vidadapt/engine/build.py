@@ -166,8 +166,9 @@ def video_dataset(
     """Clips of ``annotation`` sampled and transformed as ``cfg`` says: one training clip, or
     ``views`` = (clips, crops) test views per video."""
     clips, crops = (1, 1) if train else views
-    transform = build_transform(replace(cfg.data.transform, test_crops=crops), train)
-    reader = default_reader(annotation, cfg.data.reader)
+    transform = build_transform(replace(cfg.data.transform, test_crops=crops), train,
+                                defer=train and cfg.data.gpu_augment)
+    reader = default_reader(annotation, cfg.data.reader, cfg.data.decode_device)
     if cfg.data.cache_videos:
         reader = InMemoryReader(reader)
     return VideoDataset(annotation, frame_sampler(cfg, clips), transform, reader, train=train,

@@ -16,9 +16,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..config import DataConfig
 from ..data.dataset import VideoDataset, collate_samples
+from ..data.transforms import DeviceAugment
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -168,3 +171,22 @@ def make_loader(
     )
 
 
+
+
+def video_on_device(batch: dict, device: torch.device, augment: DeviceAugment | None) -> Tensor:
+    """A batch's clips on ``device`` (``[B, T, 3, H, W]``). A batch of ``data.gpu_augment``
+    arrives as uint8 clips and their drawn parameters; ``augment`` finishes the transform
+    there, batched."""
+    video = batch["video"].to(device, non_blocking=True)
+    if "augment" not in batch:
+        return video
+    if augment is None:
+        raise ValueError("this batch defers its augmentation to the device (data.gpu_augment) "
+                         "but no DeviceAugment was given to apply it")
+    return augment(video, batch["augment"])
+
+
+def pins_memory(data: DataConfig, device: torch.device) -> bool:
+    """Whether loaders should page-lock batches: copies to a GPU from locked memory are faster
+    and can overlap compute; frames decoded on the GPU are there already."""
+    return device.type == "cuda" and data.decode_device == "cpu"

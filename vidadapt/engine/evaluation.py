@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..models import VideoModel
 from .build import build_dataset, build_model, resolve_data
 from .checkpoint import AdapterCheckpoint, load_adapter
-from .data import ShardedSampler, make_loader
+from .data import ShardedSampler, make_loader, pins_memory
 from .distributed import DistInfo
 from .evaluate import classification_metrics, left_out, predict
 from .features import feature_datasets
@@ -57,7 +57,7 @@ def evaluate(
     sampler = ShardedSampler(len(dataset), shuffle=False, rank=dist.rank,
                              world_size=dist.world_size)
     loader = make_loader(dataset, sampler, cfg.data.eval_batch_size, cfg.data.num_workers,
-                         cfg.train.seed, pin_memory=dist.device.type == "cuda")
+                         cfg.train.seed, pin_memory=pins_memory(cfg.data, dist.device))
     scores = predict(model, loader, dist.device, amp_dtype, dist, progress=dist.is_main)
     metrics = classification_metrics(scores, dataset.classes)
     metrics["skipped"] = left_out(dataset, metrics["num_videos"], dist)

@@ -37,9 +37,10 @@ from torch.utils.data import Dataset
 
 from ..config import ExperimentConfig
 from ..data.dataset import SkipReport, VideoDataset
+from ..data.transforms import DeviceAugment, device_augment
 from ..models import VideoModel
 from .checkpoint import atomic_write, backbone_fingerprint
-from .data import ShardedSampler, make_loader
+from .data import ShardedSampler, make_loader, video_on_device
 from .distributed import DistInfo, all_gather_objects, barrier
 from .logs import progress
 
@@ -98,12 +99,13 @@ class FeatureSet(Dataset):
 def encode_views(
     model: VideoModel, dataset: Dataset, epochs: list[int], batch_size: int, num_workers: int,
     seed: int, device: torch.device, amp_dtype: torch.dtype | None = None,
-    dist: DistInfo | None = None,
+    dist: DistInfo | None = None, augment: DeviceAugment | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Features ``[N, V, D]`` (float32, CPU) and labels ``[N, V]`` of every video's views.
 
     Training datasets give one view per epoch in ``epochs``; test datasets give all their views
     at once (``epochs`` is then ``[0]``). Every rank encodes its shard; all get the result.
+    ``augment`` finishes the transform of a ``data.gpu_augment`` dataset on the device.
     """
     dist = dist or DistInfo()
     was_training = model.training
@@ -118,7 +120,7 @@ def encode_views(
         what = f"encoding features (view {epoch + 1} of {len(epochs)})" if len(epochs) > 1 \
             else "encoding features"
         with progress(len(batches), what, "batch", enabled=dist.is_main) as bar:
-            local = _encode_shard(model, batches, device, amp_dtype, bar)
+            local = _encode_shard(model, batches, device, amp_dtype, bar, augment)
         shards = [s for s in all_gather_objects(local, dist) if s is not None]
         features, labels, indices = (torch.cat(parts) for parts in zip(*shards, strict=True))
         order = indices.argsort()  # dataset order, whatever the number of ranks
@@ -130,7 +132,8 @@ def encode_views(
 
 
 def _encode_shard(
-    model: VideoModel, batches, device: torch.device, amp_dtype: torch.dtype | None, bar
+    model: VideoModel, batches, device: torch.device, amp_dtype: torch.dtype | None, bar,
+    augment: DeviceAugment | None,
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     """Features ``[n, V, D]``, labels ``[n, V]`` and dataset indices ``[n]`` of one rank's
     batches; None when it has none."""
@@ -140,7 +143,7 @@ def _encode_shard(
         bar.update()
         if batch["video"] is None:  # no video of this test batch could be read
             continue
-        video = batch["video"].to(device, non_blocking=True)
+        video = video_on_device(batch, device, augment)
         if video.ndim == 5:  # one view
             video = video.unsqueeze(1)  # [B, 1, T, 3, H, W]
         B, V = video.shape[:2]
@@ -202,7 +205,7 @@ def cache_key(model: VideoModel, dataset: VideoDataset, epochs: list[int],
         "dataset": {"source": dataset.source, "records": records, "classes": dataset.classes},
         "sampler": repr(dataset.sampler),
         "view": {"train": dataset.train, "transform": repr(dataset.transform),
-                 "seed": dataset.seed, "epochs": epochs, "reader": type(dataset.reader).__name__},
+                 "seed": dataset.seed, "epochs": epochs, "reader": repr(dataset.reader)},
         "backbone": {"fingerprint": backbone_fingerprint(model.backbone), "probe": probe_digest},
     }
 
@@ -245,9 +248,11 @@ def cached_features(
     else:
         per_forward = max(cfg.data.batch_size // dist.world_size, 1) if train \
             else cfg.data.eval_batch_size
+        augment = device_augment(cfg.data.transform) if train and cfg.data.gpu_augment \
+            else None
         features, labels = encode_views(model, dataset, epochs, per_forward,
                                         cfg.data.num_workers, cfg.train.seed, device, amp_dtype,
-                                        dist)
+                                        dist, augment)
         skipped = {}
         for part in all_gather_objects(getattr(dataset, "report", SkipReport()).reasons, dist):
             skipped.update(part)

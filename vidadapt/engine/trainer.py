@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..config import ExperimentConfig
+from ..data.transforms import device_augment
 from ..errors import CheckpointError, ConfigError, Interrupted, UserError
 from ..models import VideoModel
 from .checkpoint import (
@@ -51,6 +52,8 @@ from .data import (
     SkipReportingLoader,
     derive_seed,
     make_loader,
+    pins_memory,
+    video_on_device,
 )
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean
 from .evaluate import classification_metrics, left_out, predict, write_metrics
@@ -141,6 +144,8 @@ class Trainer:
                 "`vidadapt eval CONFIG` (no checkpoint needed)"
             )
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
+        # data.gpu_augment: the end of the training transform runs here, on the batch
+        self.device_augment = device_augment(cfg.data.transform) if cfg.data.gpu_augment else None
         if trains_on_features(cfg, model):  # a frozen image encoder runs once per view
             train_set, val_set = feature_datasets(cfg, self.model, train_set, val_set,
                                                   self.device, self.amp_dtype, self.dist)
@@ -245,7 +250,7 @@ class Trainer:
                              start=self.progress.step_in_epoch * accum * self.micro_batch)
         return iter(make_loader(EpochKeyed(self.train_set), stream, self.micro_batch,
                                 self.cfg.data.num_workers, self.cfg.train.seed,
-                                pin_memory=self.device.type == "cuda"))
+                                pin_memory=pins_memory(self.cfg.data, self.device)))
 
     def _train_epoch(self, epoch: int, batches: Iterator[dict[str, Any]],
                      on_step: Callable[[int], None] | None) -> None:
@@ -315,7 +320,7 @@ class Trainer:
         return classification_loss(logits, target, self.cfg.optim.label_smoothing)
 
     def _inputs(self, batch: dict[str, Any], micro_index: int) -> tuple[Tensor, Tensor]:
-        video = batch["video"].to(self.device, non_blocking=True)  # [B, T, 3, H, W]
+        video = video_on_device(batch, self.device, self.device_augment)  # [B, T, 3, H, W]
         labels = torch.as_tensor(batch["label"]).to(self.device)
         opt = self.cfg.optim
         if opt.mixup_alpha == 0 and opt.cutmix_alpha == 0:
@@ -402,7 +407,8 @@ class Trainer:
                                      world_size=self.dist.world_size)
             self.val_loader = make_loader(
                 self.val_set, sampler, self.cfg.data.eval_batch_size, self.cfg.data.num_workers,
-                self.cfg.train.seed, pin_memory=self.device.type == "cuda", persistent=True)
+                self.cfg.train.seed, pin_memory=pins_memory(self.cfg.data, self.device),
+                persistent=True)
         return self.val_loader
 
     # ---- checkpoints --------------------------------------------------------------------------
