@@ -44,18 +44,25 @@ SAMPLERS = {
 }
 
 
+ENCODER_OPTIONS = {
+    "libx264": {"crf": "23", "preset": "veryfast"},
+    "libvpx-vp9": {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8"},
+}
+
+
 def make_clip(path: str, seed: int, seconds: float = 10.0, width: int = 454, height: int = 340,
-              fps: int = 30, gop: int = 250) -> None:
-    """Encode a clip of smooth random texture seen through a slowly panning, shaking camera."""
+              fps: int = 30, gop: int = 250, codec: str = "libx264") -> None:
+    """Encode a clip of smooth random texture seen through a slowly panning, shaking camera
+    (H.264 by default; ``codec="libvpx-vp9"`` for WebM, as SSv2 ships)."""
     rng = np.random.default_rng(seed)
     num_frames = round(seconds * fps)
     margin = 64  # room for the camera to move inside the texture
     texture = _smooth_noise(rng, height + 2 * margin, width + 2 * margin)  # [H', W', 3]
     with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
-        stream.options = {"crf": "23", "preset": "veryfast"}
+        stream.options = ENCODER_OPTIONS[codec]
         for t in range(num_frames):
             dy = int(margin + margin * 0.8 * np.sin(t / 40))
             dx = int(margin + margin * 0.8 * np.cos(t / 55))
