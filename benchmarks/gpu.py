@@ -19,7 +19,9 @@ On one CUDA device, ViT-B/16, 8 frames at 224², bf16 autocast, fused AdamW:
    (``ops.py``), and the heaviest CUDA kernels of one eager training step of some variants.
 5. ``e2e``: ``vidadapt train`` of the AIM K400 recipe (8x16 frames, batch 16) on generated
    K400-like clips (454x340, 10 s, H.264) with persistent loader workers; per step clips/s and
-   the time spent waiting for the loader, against the step alone at the same batch.
+   the time spent waiting for the loader, against the step alone at the same batch; then
+   ``e2e_gpu_augment``, the same with ``data.gpu_augment`` (uint8 batches, normalisation in
+   the step).
 
 Markdown tables go to stdout, everything to one JSON. Each phase that fails is recorded in the
 JSON's ``errors`` and the others still run. Needs torch with CUDA and PyAV (a wheel will do);
@@ -306,13 +308,15 @@ def make_clips(folder: Path, count: int, workers: int, tiny: bool) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(str(folder / f"clip{i:04d}.mp4"), i) for i in range(count)]
+    listing = folder / "list.txt"
+    if listing.exists():  # made by an earlier run of this process
+        return listing
     with get_context("fork").Pool(workers) as pool:
         if tiny:
             pool.starmap(_tiny_clip, jobs)
         else:
             pool.map(write_clip, jobs)
     labels = np.random.default_rng(0).integers(400, size=count)
-    listing = folder / "list.txt"
     lines = [f"{Path(path).name} {label}\n" for (path, _), label in zip(jobs, labels, strict=True)]
     listing.write_text("".join(lines))
     (folder / "classes.txt").write_text("".join(f"class{c}\n" for c in range(400)))
@@ -326,20 +330,22 @@ def _tiny_clip(path: str, seed: int) -> None:
 
 
 def end_to_end(work: Path, device: torch.device, clips: int, batch: int, workers: int,
-               mode: str, tiny: bool) -> dict[str, Any]:
+               mode: str, tiny: bool, gpu_augment: bool = False) -> dict[str, Any]:
     from vidadapt.config import load_config
     from vidadapt.engine.distributed import DistInfo
     from vidadapt.engine.experiment import train_experiment
 
     started = time.perf_counter()
     listing = make_clips(work / "videos", clips, workers, tiny)
+    run_dir = work / ("run_gpu_augment" if gpu_augment else "run")
     generated = time.perf_counter() - started
     overrides = [
         "model.pretrained=null", f"data.train={listing}", f"data.val={listing}",
         f"data.classes={listing.parent / 'classes.txt'}",
         f"data.roots={{train: {listing.parent}, val: {listing.parent}}}",
         f"data.batch_size={batch}", f"data.num_workers={workers}", "data.eval_batch_size=8",
-        "optim.epochs=3", "optim.warmup_epochs=1", f"train.work_dir={work / 'run'}",
+        "optim.epochs=3", "optim.warmup_epochs=1", f"train.work_dir={run_dir}",
+        f"data.gpu_augment={str(gpu_augment).lower()}",
         "train.log_every=1", "train.eval_every=0", "train.save_every_steps=0",
         f"train.compile={mode}",
     ]
@@ -351,7 +357,7 @@ def end_to_end(work: Path, device: torch.device, clips: int, batch: int, workers
     started = time.perf_counter()
     summary = train_experiment(cfg, dist=DistInfo(device=device))
     wall = time.perf_counter() - started
-    records = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "train"]
     per_epoch = max(1, len(steps) // cfg.optim.epochs)
     firsts = [steps[i] for i in range(0, len(steps), per_epoch)]
@@ -359,6 +365,7 @@ def end_to_end(work: Path, device: torch.device, clips: int, batch: int, workers
     median = sorted(r["clips_per_s"] for r in rest)[len(rest) // 2] if rest else None
     result = {
         "clips": clips, "batch": batch, "workers": workers, "mode": mode,
+        "gpu_augment": gpu_augment,
         "generate_s": generated, "train_wall_s": wall, "steps": len(steps),
         "median_clips_per_s": median,
         "first_step_of_epoch_data_s": [r["data_s"] for r in firsts],
@@ -374,7 +381,7 @@ def end_to_end(work: Path, device: torch.device, clips: int, batch: int, workers
         result["step_only_clips_per_s"] = alone["clips_per_s"]
         result["end_to_end_share"] = median / alone["clips_per_s"]
     print(f"\n### End to end: AIM K400 recipe, batch {batch}, {workers} loader workers, "
-          f"train.compile {mode}\n")
+          f"train.compile {mode}, data.gpu_augment {gpu_augment}\n")
     for key, value in result.items():
         print(f"- {key}: {value}")
     return result
@@ -402,7 +409,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--phases",
                         default="ceiling,fused_check,train,graphs_check,inference,ops,profile,"
-                                "e2e,inference_compiled")
+                                "e2e,e2e_gpu_augment,inference_compiled")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--clips", type=int, default=96, help="end-to-end clips")
     parser.add_argument("--workers", type=int, default=min(15, (os.cpu_count() or 2) - 1))
@@ -448,8 +455,10 @@ def main() -> None:
     run("profile", lambda: {n: profile_step(n, Shape(**shape_of, batch=2 if args.tiny else 8),
                                             device) for n in PROFILED})
     with tempfile.TemporaryDirectory() as tmp:
-        run("e2e", lambda: end_to_end(Path(tmp), device, args.clips, 4 if args.tiny else 16,
-                                      args.workers, modes[-1], args.tiny))
+        for gpu_augment in (False, True):
+            run("e2e_gpu_augment" if gpu_augment else "e2e", lambda on=gpu_augment: end_to_end(
+                Path(tmp), device, args.clips, 4 if args.tiny else 16, args.workers, modes[-1],
+                args.tiny, on))
     if time.perf_counter() - started < args.compile_after:  # compiling takes minutes
         run("inference_compiled", lambda: compiled_inference(
             Shape(**shape_of, batch=4 if args.tiny else 32), device, peak, ["linear", "aim_stj"]))
