@@ -62,7 +62,7 @@ def test_device_batch_equals_the_worker_clip_by_clip():
     difference = (out - torch.stack(expected)).abs()
     # Batched reductions can round a value the other way: at most one level, very rarely.
     assert difference.max() <= one_level * 1.01
-    assert (difference > 1e-5).float().mean() < 1e-3
+    assert (difference > 1e-5).float().mean() < 1e-4
 
 
 def test_the_same_parameters_whatever_the_batch_order():

@@ -418,9 +418,12 @@ class TorchCodecReader:
         if path == self._path:
             return self._decoder
         _check_file(path)
+        # A bare "cuda" would decode on GPU 0 in every process of a multi-GPU run: use the
+        # process's own GPU (each rank has set its device before it reads).
+        device = f"cuda:{torch.cuda.current_device()}" if self.device == "cuda" else self.device
         try:
             decoder = self._decoder_class(path, dimension_order="NHWC", seek_mode="exact",
-                                          num_ffmpeg_threads=self.threads, device=self.device)
+                                          num_ffmpeg_threads=self.threads, device=device)
         except (RuntimeError, ValueError) as err:
             raise BadVideoError(f"cannot open: {err}") from err
         self._path, self._decoder = path, decoder

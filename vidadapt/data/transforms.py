@@ -398,25 +398,14 @@ def adjust_hue(clips: Tensor, shift: Tensor | float) -> Tensor:
 
 
 def _hsv_to_rgb(hue: Tensor, saturation: Tensor, value: Tensor) -> Tensor:
-    sector = torch.floor(hue * 6)
-    fraction = hue * 6 - sector
-    sector = sector.long() % 6
-    p = value * (1 - saturation)
-    q = value * (1 - saturation * fraction)
-    t = value * (1 - saturation * (1 - fraction))
-    # Channel values for each of the six hue sectors: [6, 3, ...] then pick one per pixel.
-    table = torch.stack(
-        [
-            torch.stack([value, t, p]),
-            torch.stack([q, value, p]),
-            torch.stack([p, value, t]),
-            torch.stack([p, q, value]),
-            torch.stack([t, p, value]),
-            torch.stack([value, p, q]),
-        ]
-    )  # [6, 3, B, T, H, W]
-    index = sector.unsqueeze(0).unsqueeze(0).expand(1, 3, *sector.shape)
-    return table.gather(0, index)[0].movedim(0, -3)  # [B, T, 3, H, W]
+    """HSV ``[B, T, H, W]`` each → RGB ``[B, T, 3, H, W]`` by the closed form: channel ``n``
+    (5, 3, 1 for R, G, B) is ``v − v·s·clamp(min(k, 4 − k), 0, 1)`` with ``k = (n + 6h) mod 6``.
+    One channel at a time: a GPU batch never holds more than the output."""
+    channels = []
+    for n in (5, 3, 1):
+        k = (n + hue * 6) % 6
+        channels.append(value - value * saturation * torch.minimum(k, 4 - k).clamp(0, 1))
+    return torch.stack(channels, -3)
 
 
 def autocontrast(clips: Tensor, _: Tensor | float = 0.0) -> Tensor:
@@ -426,7 +415,7 @@ def autocontrast(clips: Tensor, _: Tensor | float = 0.0) -> Tensor:
     high = flat.amax(2).float().view(-1, 1, 3, 1, 1)
     scale = torch.where(high > low, 255 / (high - low).clamp_min(1), torch.ones_like(high))
     low = torch.where(high > low, low, torch.zeros_like(low))
-    # Truncate like PIL's ImageOps.autocontrast and torchvision.
+    # Truncate as torchvision does (PIL's float64 scale and offset can round one level apart).
     return ((clips.float() - low) * scale).floor_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -571,8 +560,8 @@ def _apply_grouped(clips: Tensor, keys: list, amounts: list[float], op_of) -> Te
             continue
         chosen = [b for b, k in enumerate(keys) if k == key]
         amount = torch.tensor([amounts[b] for b in chosen])
-        if len(chosen) == len(keys):  # the whole batch: no gather and scatter
-            return op(clips if out is None else out, amount)
+        if len(chosen) == len(keys):  # the whole batch (the only key): no gather and scatter
+            return op(clips, amount)
         if out is None:
             out = clips.clone()
         index = torch.tensor(chosen, device=clips.device)

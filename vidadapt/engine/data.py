@@ -171,8 +171,6 @@ def make_loader(
     )
 
 
-
-
 def video_on_device(batch: dict, device: torch.device, augment: DeviceAugment | None) -> Tensor:
     """A batch's clips on ``device`` (``[B, T, 3, H, W]``). A batch of ``data.gpu_augment``
     arrives as uint8 clips and their drawn parameters; ``augment`` finishes the transform
