@@ -44,6 +44,7 @@ STACKS = [
     "lora+aim", "vpt+aim", "adapter+aim", "mam+prefix", "bitfit+st_adapter", "lora+evl",
     "lora+coop", "aim+coop", "vpt+cocoop", "st_adapter+zero_shot", "st_adapter+clip_adapter",
     "lora+tip_adapter", "aim+efficient_prompt", "lora+actionclip", "vpt+xclip",
+    "lora+zeroi2v", "zeroi2v+lora", "zeroi2v+bitfit", "zeroi2v+aim", "prefix+zeroi2v",
 ]
 
 

@@ -20,7 +20,8 @@ from vidadapt import ViT, ViTConfig, preset_config
 from vidadapt.backbones.vit import Attention, TokenLayout
 from vidadapt.errors import ConfigError
 from vidadapt.methods.adapters import ParallelAdapter, SequentialAdapter
-from vidadapt.methods.lora import LoRALinear, merge_lora, merged_state_dict, unmerge_lora
+from vidadapt.methods.folding import merged_state_dict
+from vidadapt.methods.lora import LoRALinear, merge_lora, unmerge_lora
 from vidadapt.methods.prefix import PrefixEncoder, PrefixKV, freeze_prefixes
 from vidadapt.methods.st_adapter import STAdapter
 from vidadapt.methods.vpt import prompt_init_bound

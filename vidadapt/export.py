@@ -2,8 +2,9 @@
 
 An adapter checkpoint holds only the tuned tensors; serving needs the frozen encoders too.
 :func:`save_exported` writes the model's whole state, with every LoRA update folded into the
-frozen weight it adapts (``methods.lora.merged_state_dict``). Where nothing else remains —
-LoRA, BitFit, full fine-tuning, the linear probe — the file is a plain ViT + head (``plain``):
+frozen weight it adapts and ZeroI2V's linear adapters into the layers they wrap
+(``methods.folding.merged_state_dict``). Where nothing else remains — LoRA, BitFit, full
+fine-tuning, the linear probe — the file is a plain ViT + head (``plain``):
 serving costs exactly what the image model costs. Methods that add modules (AIM, ST-Adapter,
 VPT, prefix, adapters, a text head) cannot fold; their modules' weights are written beside the
 backbone's and the model keeps their compute. A text head's file also holds the text tower's
@@ -25,13 +26,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
+from .backbones.vit import has_site_modules
 from .checkpoints import create_backbone
 from .clip.text import TextConfig, TextTransformer
 from .clip.tokenizer import ClipTokenizer
 from .clip.towers import Clip
 from .engine.checkpoint import atomic_write, upgrade_names
 from .errors import CheckpointError, UserError
-from .methods.lora import lora_layers, merge_lora, merged_state_dict
+from .methods.folding import merged_state_dict
+from .methods.lora import lora_layers, merge_lora
 from .methods.registry import parse_methods
 from .methods.text_head import TextHead
 from .models import ModelSpec, VideoModel, create_model, spec_kwargs
@@ -41,19 +44,29 @@ PLAIN_METHOD = "linear"  # a model with no method modules: the plain ViT + head
 
 
 def serving_spec(spec: ModelSpec) -> ModelSpec:
-    """The architecture of the exported model: ``spec`` without LoRA (folded into the frozen
-    weights), and the plain model (``linear``) where no method modules remain."""
-    kept = [m for m in parse_methods(spec.method) if m.name != "lora"]
-    kept_spec = replace(spec, method="+".join(m.name for m in kept) or PLAIN_METHOD,
-                        options={m.name: spec.options[m.name] for m in kept})
-    if any(m.classifies_with_text for m in kept):
+    """The architecture of the exported model: ``spec`` with every method's folded form
+    (``Method.export_as``: LoRA gone, ZeroI2V without its adapters), and the plain model
+    (``linear``) where nothing of the methods remains."""
+    kept = {}
+    for method in parse_methods(spec.method):
+        options = spec.options[method.name]
+        if method.export_as is not None:
+            folded = method.export_as(method.make_config(options))
+            if folded is None:
+                continue
+            options = asdict(folded)
+        kept[method.name] = options
+    kept_spec = replace(spec, method="+".join(kept) or PLAIN_METHOD, options=kept)
+    if any(m.classifies_with_text for m in parse_methods(kept_spec.method)):
         return kept_spec  # a text head is never the plain model
-    with torch.device("meta"):  # shapes only: which keys would the remaining model have?
+    with torch.device("meta"):  # shapes only: does anything of the methods remain?
         plain_spec = replace(spec, method=PLAIN_METHOD, options={PLAIN_METHOD: {}})
-        plain_keys = set(create_model(**spec_kwargs(plain_spec)).state_dict())
-        kept_keys = set(create_model(**spec_kwargs(kept_spec)).state_dict())
-    # BitFit and full fine-tuning change only the image model's own tensors: plain as well.
-    return plain_spec if kept_keys == plain_keys else kept_spec
+        plain = create_model(**spec_kwargs(plain_spec))
+        remaining = create_model(**spec_kwargs(kept_spec))
+    # BitFit and full fine-tuning change only the image model's own tensors: plain as well. A
+    # parameter-free site module (ZeroI2V's head shift) still changes the computation.
+    same = set(remaining.state_dict()) == set(plain.state_dict())
+    return plain_spec if same and not has_site_modules(remaining.backbone) else kept_spec
 
 
 def export_state(model: VideoModel) -> tuple[dict[str, Tensor], ModelSpec]:

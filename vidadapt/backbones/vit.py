@@ -21,11 +21,14 @@ are empty by default, so the plain model runs the plain ViT):
 ``Block.parallel_mlp``    reads ``norm2(x)``, output added to the MLP output (AIM joint adapter,
                           scaled parallel adapter of MAM).
 ``Block.post_mlp``        maps the MLP output before the residual add (Houlsby adapter).
-``Attention.kv_sites``    maps ``(k, v)`` head tensors before attention (prefix tuning).
+``Attention.kv_sites``    maps ``(k, v)`` head tensors before attention (prefix tuning, ZeroI2V's
+                          head shift; a site with ``spatial_only = True`` is skipped by the
+                          attention across frames).
 ``Attention.qkv / proj``  plain ``nn.Linear`` layers that LoRA wraps in place.
 ``ViT.forward_tokens(..., layers=...)`` returns intermediate block outputs (EVL).
 ``ViT.named_image_modules()`` lists the image model's own modules, without the site modules
-                          (what LoRA wraps and BitFit tunes, whatever else is stacked).
+                          and wrappers' own parts (what LoRA wraps and BitFit tunes, whatever
+                          else is stacked).
 
 Every site module is called as ``module(x, block, layout)`` (``Attention.kv_sites``:
 ``module(k, v, layout)``), where ``block`` gives access to the frozen weights (AIM reuses the
@@ -165,9 +168,12 @@ class Attention(nn.Module):
         B, T, H = layout.batch, layout.frames, self.heads
         qkv = self.qkv(x).view(B, T, N, 3, H, D // H)  # [B, T, N, 3, H, d]
         q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).unbind(0)  # 3 x [B, N, H, T, d] (views)
-        if self.kv_sites:  # sites take [batch, H, L, d]: here one sequence per (clip, token)
+        # Sites take [batch, H, L, d]: here one sequence per (clip, token). A site that works
+        # on the frames' own sequences (ZeroI2V's head shift) declares ``spatial_only``.
+        sites = [s for s in self.kv_sites if not getattr(s, "spatial_only", False)]
+        if sites:
             q, k, v = (t.reshape(B * N, H, T, D // H) for t in (q, k, v))
-            for site in self.kv_sites:
+            for site in sites:
                 k, v = site(k, v, layout)  # [B*N, H, T', d]
             out = F.scaled_dot_product_attention(q, k, v).reshape(B, N, H, T, D // H)
         else:
@@ -232,6 +238,12 @@ class Block(nn.Module):
 
 # Names of the module lists that hold methods' modules (see the module docstring).
 EXTENSION_SITES = frozenset({"embed_sites", "kv_sites", *Block.SITES})
+
+
+def has_site_modules(model: nn.Module) -> bool:
+    """Whether any extension site of ``model`` holds a module (the plain model's are empty)."""
+    return any(len(getattr(m, site)) for m in model.modules()
+               for site in EXTENSION_SITES if isinstance(getattr(m, site, None), nn.ModuleList))
 
 
 class PatchEmbed(nn.Module):
@@ -300,9 +312,17 @@ class ViT(nn.Module):
         return self.cfg.width
 
     def named_image_modules(self) -> Iterator[tuple[str, nn.Module]]:
-        """``named_modules()`` minus the modules methods attached to extension sites."""
+        """``named_modules()`` minus the modules methods attached to extension sites and the
+        method parts of wrappers: a module that wraps an image layer in place (LoRA's,
+        ZeroI2V's adapters) sets ``wraps_image_layer = True`` and keeps the layer as
+        ``.base``, which is listed; the wrapper's own parts are not."""
+        wrappers = [f"{name}." for name, module in self.named_modules()
+                    if getattr(module, "wraps_image_layer", False)]
         for name, module in self.named_modules():
-            if EXTENSION_SITES.isdisjoint(name.split(".")):
+            if not EXTENSION_SITES.isdisjoint(name.split(".")):
+                continue
+            inside = [w for w in wrappers if name.startswith(w)]
+            if all(name[len(w):].split(".")[0] == "base" for w in inside):
                 yield name, module
 
     def set_grad_checkpointing(self, value: bool | int = True) -> None:

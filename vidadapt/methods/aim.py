@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from ..backbones.vit import Block, DropPath, TokenLayout, ViT, linear_schedule
 from ..checkpoints.convert import convert_openai_clip, rename_keys
 from .base import Method, MethodParts, Target
-from .layers import Bottleneck
+from .layers import Bottleneck, TemporalEmbedding
 
 
 @dataclass
@@ -40,20 +39,6 @@ class AIMConfig:
     def __post_init__(self) -> None:
         if self.num_tadapter not in (1, 2):
             raise ValueError(f"aim.num_tadapter must be 1 or 2, got {self.num_tadapter}")
-
-
-class TemporalEmbedding(nn.Module):
-    """Adds a learned embedding per frame index to every token of that frame (embed site)."""
-
-    def __init__(self, frames: int, dim: int) -> None:
-        super().__init__()
-        self.temporal_embedding = nn.Parameter(torch.zeros(1, frames, dim))
-
-    def forward(self, x: Tensor, vit: ViT, layout: TokenLayout) -> Tensor:
-        BT, N, D = x.shape
-        x = x.view(layout.batch, layout.frames, N, D)  # [B, T, N, D]
-        x = x + self.temporal_embedding[:, : layout.frames, None, :]
-        return x.view(BT, N, D)
 
 
 class TemporalAdaptation(nn.Module):

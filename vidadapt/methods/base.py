@@ -97,6 +97,10 @@ class Method:
     config_cls: type  # dataclass holding the method's options
     apply: ApplyFn  # attaches the method to a Target; returns its parts
     exclusive: bool = False  # cannot be combined with other methods (linear probe, full tuning)
+    # The method's options once `vidadapt export` has folded its layers into the frozen weights
+    # (``folding.FoldableLinear``); returning None means nothing of it remains (LoRA). A method
+    # without it is exported as it trained.
+    export_as: Callable[[Any], Any | None] | None = None
 
     @property
     def classifies_with_text(self) -> bool:

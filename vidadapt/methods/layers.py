@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..backbones.vit import TokenLayout, ViT
+
 
 class Bottleneck(nn.Module):
     """``up(act(down(x)))``, optionally plus ``x`` (AIM's Adapter; Houlsby/parallel adapters).
@@ -58,3 +60,17 @@ def temporal_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> T
     for i in range(1, k):
         out = torch.addcmul(out, padded[:, i : i + T], taps[:, i])  # [B, T, ..., C]
     return out.to(x.dtype)
+
+
+class TemporalEmbedding(nn.Module):
+    """Adds a learned embedding per frame index to every token of that frame (embed site)."""
+
+    def __init__(self, frames: int, dim: int) -> None:
+        super().__init__()
+        self.temporal_embedding = nn.Parameter(torch.zeros(1, frames, dim))
+
+    def forward(self, x: Tensor, vit: ViT, layout: TokenLayout) -> Tensor:
+        BT, N, D = x.shape
+        x = x.view(layout.batch, layout.frames, N, D)  # [B, T, N, D]
+        x = x + self.temporal_embedding[:, : layout.frames, None, :]
+        return x.view(BT, N, D)

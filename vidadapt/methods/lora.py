@@ -8,9 +8,9 @@ kaiming-uniform(a=√5) and ``B`` [out, r] zero, so the model starts as the imag
 
 For inference, :func:`merge_lora` folds ``B A * scale`` into every base weight (the forward then
 is the plain linear layer: no extra compute); :func:`unmerge_lora` takes it out again to resume
-training. :func:`merged_state_dict` returns plain weights with LoRA folded in, leaving the model
-as it is (what ``vidadapt export`` writes). Merging changes frozen weights, so save adapter
-checkpoints from an unmerged model.
+training. ``LoRALinear`` is a ``folding.FoldableLinear``: ``folding.merged_state_dict`` returns
+plain weights with LoRA folded in, leaving the model as it is (what ``vidadapt export``
+writes). Merging changes frozen weights, so save adapter checkpoints from an unmerged model.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..backbones.vit import ViT
 from ..errors import ConfigError
 from .base import Method, MethodParts, Target
+from .folding import FoldableLinear
 
 QKV_SLICES = ("q", "k", "v")  # order of the slices in a fused attn.qkv output
 
@@ -48,7 +49,7 @@ class LoRAConfig:
             raise ConfigError("lora.targets is empty; e.g. targets: [q, v] or [attn.proj]")
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(FoldableLinear):
     """A frozen ``nn.Linear`` plus a low-rank update on some of its output slices.
 
     The output features are split into ``groups`` equal slices; the slices listed in ``slots``
@@ -117,6 +118,11 @@ class LoRALinear(nn.Module):
         grouped = weight.unflatten(0, (self.groups, -1))  # [groups, w, in]
         return grouped.index_add(0, self.slots, delta).flatten(0, 1)  # [out, in]
 
+    def folded(self) -> tuple[Tensor, Tensor | None]:
+        weight = self.base.weight.detach().clone() if self.merged else self.folded_weight()
+        bias = self.base.bias
+        return weight, None if bias is None else bias.detach().clone()
+
     def merge(self) -> None:
         if self.merged:
             raise RuntimeError("LoRA weights are already merged; a second merge adds them twice")
@@ -156,42 +162,22 @@ def unmerge_lora(model: nn.Module) -> None:
         layer.unmerge()
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """``model.state_dict()`` with every LoRA layer folded into a plain linear layer's keys.
-
-    ``merged_state_dict(classifier.backbone)`` of a LoRA model loads (strictly) into a plain
-    ``ViT``. The model is left unchanged, merged or not; modules of other stacked methods keep
-    their keys.
-    """
-    renamed, dropped, folded = {}, set(), {}
-    for name, layer in lora_layers(model).items():
-        prefix = f"{name}." if name else ""
-        renamed[prefix + "base.weight"] = prefix + "weight"
-        renamed[prefix + "base.bias"] = prefix + "bias"
-        dropped |= {prefix + "lora_A", prefix + "lora_B"}
-        folded[prefix + "base.weight"] = (
-            layer.base.weight.detach() if layer.merged else layer.folded_weight()
-        )
-    return {
-        renamed.get(key, key): folded.get(key, value)
-        for key, value in model.state_dict().items()
-        if key not in dropped
-    }
-
-
 def _select_layers(vit: ViT, cfg: LoRAConfig) -> dict[str, tuple[int, tuple[int, ...]]]:
     """Linear layers to wrap → (groups, adapted slots), checking every target matches."""
     slices = tuple(QKV_SLICES.index(t) for t in QKV_SLICES if t in cfg.targets)
     patterns = [t for t in cfg.targets if t not in QKV_SLICES]
+    # A layer another method wrapped (``attn.qkv.base`` inside ZeroI2V's adapter) is matched
+    # by the wrapper's name; LoRA wraps the frozen layer itself.
     linears = {n: m for n, m in vit.named_image_modules() if isinstance(m, nn.Linear)}
+    shown = {n: n.removesuffix(".base") for n in linears}
     selected = {}
     if slices:
         for name in linears:
-            if name.endswith("attn.qkv"):
+            if shown[name].endswith("attn.qkv"):
                 selected[name] = (len(QKV_SLICES), slices)
     for pattern in patterns:
         try:
-            matches = [n for n in linears if re.search(pattern, n)]
+            matches = [n for n in linears if re.search(pattern, shown[n])]
         except re.error as err:
             raise ConfigError(f"lora.targets: {pattern!r} is not a valid regex ({err})") from err
         if not matches:
@@ -222,4 +208,4 @@ def apply_lora(target: Target, cfg: LoRAConfig) -> MethodParts:
     return MethodParts(trainable)
 
 
-METHOD = Method("lora", LoRAConfig, apply_lora)
+METHOD = Method("lora", LoRAConfig, apply_lora, export_as=lambda cfg: None)

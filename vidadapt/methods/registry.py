@@ -65,6 +65,7 @@ from . import (
     vpt,
     xclip,
     zero_shot,
+    zeroi2v,
 )
 from .base import Method
 
@@ -74,6 +75,7 @@ METHODS: dict[str, Method] = {
         # on the image backbone
         baselines.LINEAR, baselines.FULL, aim.METHOD, st_adapter.METHOD, evl.METHOD,
         vpt.METHOD, lora.METHOD, prefix.METHOD, adapters.ADAPTER, adapters.MAM, bitfit.METHOD,
+        zeroi2v.METHOD,
         # with CLIP's text tower as the classifier
         zero_shot.METHOD, coop.METHOD, cocoop.METHOD, clip_adapter.METHOD, tip_adapter.METHOD,
         efficient_prompt.METHOD, actionclip.METHOD, xclip.METHOD,

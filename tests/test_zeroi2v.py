@@ -1,0 +1,106 @@
+"""ZeroI2V: the head shift moves exactly the listed heads' keys and values across frames, the
+linear adapters fold into the layers they wrap, and the exported model is the image model's
+layers plus the shift: the trained model's logits at the plain model's cost."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from vidadapt.backbones.vit import TokenLayout
+from vidadapt.errors import ConfigError
+from vidadapt.export import load_exported, save_exported
+from vidadapt.methods.folding import merged_state_dict
+from vidadapt.methods.zeroi2v import AdaptedLinear, HeadShift, LinearAdapter
+from vidadapt.models import create_model
+
+FRAMES = 4
+
+
+def test_head_shift_moves_the_listed_heads_across_frames_and_keeps_the_edges():
+    B, T, H, N, d = 2, 5, 4, 3, 2
+    # Every value names its frame: frame t holds t everywhere.
+    k = torch.arange(T).float().view(1, T, 1, 1, 1).expand(B, T, H, N, d).reshape(B * T, H, N, d)
+    shifted, _ = HeadShift((-1, 1, 2))(k, k, TokenLayout(batch=B, frames=T, grid=(1, 2)))
+    frame_of = shifted.view(B, T, H, N, d)[0, :, :, 0, 0]  # [T, H]: whose keys each head sees
+    assert frame_of[:, 0].tolist() == [0, 0, 1, 2, 3]  # t - 1; frame 0 keeps its own
+    assert frame_of[:, 1].tolist() == [1, 2, 3, 4, 4]  # t + 1; the last keeps its own
+    assert frame_of[:, 2].tolist() == [2, 3, 4, 3, 4]  # t + 2
+    assert frame_of[:, 3].tolist() == [0, 1, 2, 3, 4]  # spatial
+
+
+def test_the_shift_stays_out_of_attention_across_frames():
+    model = create_model("aim", "vit_tiny", num_classes=3, num_frames=FRAMES, image_size=32)
+    attn = model.backbone.blocks[0].attn
+    x = torch.randn(2 * FRAMES, 17, 128)
+    layout = TokenLayout(batch=2, frames=FRAMES, grid=(4, 4))
+    across, within = attn.forward_frames(x, layout), attn(x, layout)
+    attn.kv_sites.append(HeadShift((-1, 1)))
+    torch.testing.assert_close(attn.forward_frames(x, layout), across, rtol=0, atol=0)
+    assert not torch.allclose(attn(x, layout), within)  # it acts on the frames' attention
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_an_adapted_layer_folds_into_one_linear_layer(before):
+    torch.manual_seed(0)
+    base = nn.Linear(16, 24)
+    adapter = LinearAdapter(16 if before else 24, 4, scale=0.5, dropout=0.1)
+    layer = AdaptedLinear(base, adapter, before).eval()
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(layer(x), base(x), rtol=0, atol=0)  # zero up: the identity
+    nn.init.normal_(adapter.up.weight, std=0.3)
+    nn.init.normal_(adapter.up.bias, std=0.3)
+    weight, bias = layer.folded()
+    torch.testing.assert_close(nn.functional.linear(x, weight, bias), layer(x), rtol=1e-5,
+                               atol=1e-5)
+
+
+def trained_zeroi2v(seed: int = 0):
+    torch.manual_seed(seed)
+    model = create_model("zeroi2v", "vit_tiny", num_classes=5, num_frames=FRAMES, image_size=32)
+    with torch.no_grad():  # as if trained: every tuned tensor away from its init
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def test_export_is_the_image_models_layers_with_the_trained_logits(tmp_path):
+    model = trained_zeroi2v()
+    clip = torch.randn(2, FRAMES, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(clip)
+    save_exported(tmp_path / "model.safetensors", model)
+    served, _ = load_exported(tmp_path / "model.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(served(clip), expected, rtol=1e-5, atol=1e-5)
+    assert served.spec.options["zeroi2v"]["folded"] is True
+    plain = create_model("linear", "vit_tiny", num_classes=5, num_frames=FRAMES, image_size=32)
+    # The image model's tensors, the head, and only the temporal embedding beside them.
+    extra = set(served.state_dict()) - set(plain.state_dict())
+    assert extra == {"backbone.embed_sites.0.temporal_embedding"}
+    assert not any(isinstance(m, AdaptedLinear) for m in served.modules())
+    assert set(merged_state_dict(model)) == set(served.state_dict())
+
+    def flops(m) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            m(clip)
+        return counter.get_total_flops()
+
+    assert flops(served) == flops(plain)  # the shift re-indexes; it computes nothing
+    assert flops(model) > flops(plain)  # while training, the adapters cost
+
+
+def test_options_that_cannot_work_are_refused():
+    with pytest.raises(ConfigError, match="0 is the frame itself"):
+        create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
+                     zeroi2v={"shift_offsets": [0, 1]})
+    with pytest.raises(ConfigError, match="leave none of the 4 heads spatial"):
+        create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
+                     zeroi2v={"shift_offsets": [-1, 1, -2, 2]})
+    with pytest.raises(ConfigError, match="reach past the 4 frames"):
+        create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
+                     zeroi2v={"shift_offsets": [-4]})
