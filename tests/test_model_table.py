@@ -39,12 +39,15 @@ SMALL = {
     "coop": {"n_ctx": 2},
     "cocoop": {"n_ctx": 2, "ctx_init": None},
     "tip_adapter": {"finetune": True},
+    "side_network": {"temporal_width": 16, "pool_layers": 1},
+    "dualpath": {"spatial_frames": 4, "grid": 2},
 }
 STACKS = [
     "lora+aim", "vpt+aim", "adapter+aim", "mam+prefix", "bitfit+st_adapter", "lora+evl",
     "lora+coop", "aim+coop", "vpt+cocoop", "st_adapter+zero_shot", "st_adapter+clip_adapter",
     "lora+tip_adapter", "aim+efficient_prompt", "lora+actionclip", "vpt+xclip",
     "lora+zeroi2v", "zeroi2v+lora", "zeroi2v+bitfit", "zeroi2v+aim", "prefix+zeroi2v",
+    "lora+side_network", "vpt+dualpath",
 ]
 
 

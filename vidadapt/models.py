@@ -147,7 +147,8 @@ class VideoModel(TunableModel):
     """Frames ``[B, T, 3, H, W]`` → logits ``[B, C]``, in four stages:
 
     1. the image encoder ``backbone`` runs every frame, with the methods' modules at its
-       extension sites;
+       extension sites (or the images a method's *inputs* stage makes of the clip: DualPath's
+       frames and frame grids);
     2. the *readout* makes the clip's features from its tokens: by default each frame's
        final-norm class token (projected to CLIP's joint space for a text head), averaged over
        the frames (``frame_pool``: mean or max; ST-Adapter averages before the final norm), or
@@ -170,6 +171,7 @@ class VideoModel(TunableModel):
             raise ValueError("a VideoModel needs a head")
         self.backbone = backbone
         self.num_frames = num_frames
+        self.inputs = parts.inputs
         self.readout = parts.readout
         self.pool_before_norm = parts.pool_before_norm
         self.frame_pool = frame_pool
@@ -188,14 +190,17 @@ class VideoModel(TunableModel):
         layers = self.readout.layers if self.readout is not None else ()
         # A frozen backbone needs no autograd graph: nothing behind it trains (EVL's premise).
         backbone_trains = any(p.requires_grad for p in self.backbone.parameters())
+        images = video if self.inputs is None else self.inputs(video)  # [B, T', 3, H, W]
         with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
-            return self.backbone.forward_tokens(video, layers)
+            return self.backbone.forward_tokens(images, layers)
 
-    def read(self, tokens: Tensor, collected: list[Tensor], layout: TokenLayout) -> Tensor:
+    def read(self, tokens: Tensor, collected: list[Tensor], layout: TokenLayout,
+             video: Tensor) -> Tensor:
         """The readout: clip features ``[B, D]``, or frame embeddings ``[B, T, E]`` when a
-        temporal stage fuses them."""
+        temporal stage fuses them. A method's readout also gets the input ``video`` (a side
+        network reads the pixels as well as the blocks' outputs)."""
         if self.readout is not None:
-            return self.readout(collected, layout)
+            return self.readout(collected, layout, video)
         proj = self.backbone.proj  # CLIP's joint-space projection; None for a linear head
         cls = tokens[:, 0].view(layout.batch, layout.frames, -1)  # [B, T, D]
         if self.pool_before_norm:
@@ -210,12 +215,12 @@ class VideoModel(TunableModel):
 
     def video_features(self, video: Tensor) -> Tensor:
         """Stages 1-2: features of clips ``[B, T, 3, H, W]`` (what the feature cache keeps)."""
-        return self.read(*self.encode(video))
+        return self.read(*self.encode(video), video)
 
     def feature_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the features depend on. A context stage counts: its input is not in the
         features, so a model with one never trains on cached features."""
-        for stage in (self.backbone, self.readout, self.context):
+        for stage in (self.inputs, self.backbone, self.readout, self.context):
             if stage is not None:
                 yield from stage.parameters()
 
@@ -234,7 +239,7 @@ class VideoModel(TunableModel):
             return self.classify(x)
         tokens, collected, layout = self.encode(x)
         context = self.context(tokens, layout) if self.context is not None else None
-        return self.classify(self.read(tokens, collected, layout), context)
+        return self.classify(self.read(tokens, collected, layout, x), context)
 
     # ---- the head's hooks ----------------------------------------------------------------------
 

@@ -62,7 +62,7 @@ def features_and_context(model: VideoModel, video: Tensor) -> tuple[Tensor, Tens
     """What ``classify`` takes for ``video``: the features and the context stage's output."""
     tokens, collected, layout = model.encode(video)
     context = model.context(tokens, layout) if model.context is not None else None
-    return model.read(tokens, collected, layout), context
+    return model.read(tokens, collected, layout, video), context
 
 
 def _twice(x: Tensor | None) -> Tensor | None:

@@ -46,8 +46,11 @@ class MethodParts:
 
     trainable: list[nn.Module | nn.Parameter] = field(default_factory=list)  # what trains: the
     # method's new modules and any existing module or parameter it unfreezes
-    readout: nn.Module | None = None  # replaces the class-token readout: ``readout(backbone,
-    # tokens, collected, layout) -> [B, D]`` on the blocks in its ``layers`` (EVL's decoder)
+    inputs: nn.Module | None = None  # the images the image model encodes, from the clips:
+    # ``inputs(video [B, T, 3, H, W]) -> [B, T', 3, H, W]`` (DualPath: frames and frame grids)
+    readout: nn.Module | None = None  # replaces the class-token readout: ``readout(collected,
+    # layout, video) -> [B, D]`` on the outputs of the blocks in its ``layers`` and the input
+    # clips (EVL's decoder, the side network)
     pool_before_norm: bool = False  # average the frames' class tokens before the final norm
     # (ST-Adapter), not after it
     temporal: nn.Module | None = None  # learned fusion of frame embeddings ``[B, T, E]`` into
@@ -86,7 +89,7 @@ class Head(nn.Module):
                           "head (a CLIP method) can classify classes it was not trained on")
 
 
-STAGES = ("readout", "temporal", "head", "context", "loss")  # at most one provider each
+STAGES = ("inputs", "readout", "temporal", "head", "context", "loss")  # one provider each
 
 ApplyFn = Callable[[Target, Any], MethodParts]
 

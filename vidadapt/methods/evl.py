@@ -212,8 +212,9 @@ class EVLHead(nn.Module):
         nn.init.normal_(self.query_embedding, std=0.02)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, block_outputs: list[Tensor], layout: TokenLayout) -> Tensor:
-        """Outputs ``[B*T, N, D]`` of the blocks in ``self.layers`` → clip feature ``[B, D]``."""
+    def forward(self, block_outputs: list[Tensor], layout: TokenLayout, video: Tensor) -> Tensor:
+        """Outputs ``[B*T, N, D]`` of the blocks in ``self.layers`` → clip feature ``[B, D]``
+        (the pixels, ``video``, are not read)."""
         B, T = layout.batch, layout.frames
         recorded = layout.extras.get(QK_KEY, {})
         query = self.query_embedding.expand(B, 1, -1)  # [B, 1, D]

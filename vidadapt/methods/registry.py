@@ -56,10 +56,12 @@ from . import (
     clip_adapter,
     cocoop,
     coop,
+    dualpath,
     efficient_prompt,
     evl,
     lora,
     prefix,
+    side_network,
     st_adapter,
     tip_adapter,
     vpt,
@@ -75,7 +77,7 @@ METHODS: dict[str, Method] = {
         # on the image backbone
         baselines.LINEAR, baselines.FULL, aim.METHOD, st_adapter.METHOD, evl.METHOD,
         vpt.METHOD, lora.METHOD, prefix.METHOD, adapters.ADAPTER, adapters.MAM, bitfit.METHOD,
-        zeroi2v.METHOD,
+        zeroi2v.METHOD, side_network.METHOD, dualpath.METHOD,
         # with CLIP's text tower as the classifier
         zero_shot.METHOD, coop.METHOD, cocoop.METHOD, clip_adapter.METHOD, tip_adapter.METHOD,
         efficient_prompt.METHOD, actionclip.METHOD, xclip.METHOD,

@@ -1,0 +1,68 @@
+"""The side network: the image model runs without autograd (no gradient, no saved activation
+inside it), the side network reads the pixels and every block, and its counts at ViT-B/16 are
+DiST's order of size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidadapt.errors import ConfigError
+from vidadapt.models import create_model
+from vidadapt.report import model_report
+
+FRAMES = 4
+
+
+def side_model(**options):
+    torch.manual_seed(0)
+    return create_model("side_network", "vit_tiny", num_classes=5, num_frames=FRAMES,
+                        image_size=32, side_network=options)
+
+
+def test_nothing_backpropagates_through_the_image_model():
+    model = side_model()
+    seen = []
+    for block in model.backbone.blocks:  # the block outputs the side network reads
+        block.register_forward_hook(lambda m, i, out: seen.append(out.requires_grad))
+    logits = model(torch.randn(2, FRAMES, 3, 32, 32))
+    logits.sum().backward()
+    assert seen == [False] * len(model.backbone.blocks)  # no graph through the image model
+    assert all(p.grad is None for p in model.backbone.parameters())
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in trained)  # DDP: no unused parameter
+
+
+def test_the_pixels_and_every_block_reach_the_feature():
+    model = side_model().eval()
+    video = torch.randn(1, FRAMES, 3, 32, 32)
+    with torch.no_grad():
+        base = model.video_features(video)
+        # The side network reads the pixels itself: with the image model's block outputs held
+        # fixed, moving one frame's pixels changes the feature.
+        tokens, collected, layout = model.encode(video)
+        moved = video.clone()
+        moved[:, 1] = video[:, 1].roll(8, dims=-1)
+        assert not torch.allclose(model.read(tokens, collected, layout, moved), base)
+        for i in range(len(collected)):  # and every block's output
+            changed = [c.clone() for c in collected]
+            changed[i][:, 1:] += 1.0
+            assert not torch.allclose(model.read(tokens, changed, layout, video), base), i
+    assert model.readout.layers == tuple(range(len(model.backbone.blocks)))
+
+
+def test_vit_b16_counts_are_disTs_order():
+    report = model_report("side_network", "vit_b16_clip", 400, 8, 224)
+    # 12 integration layers and temporal blocks at 384 / 96 channels, 4 pooling layers
+    # (about 26M with the 400-class head), beside an 86M image model that stays frozen.
+    assert 24e6 < report["tunable_params"] < 28e6
+    assert report["total_params"] - report["tunable_params"] == pytest.approx(85.8e6, rel=0.01)
+
+
+def test_options_that_cannot_work_are_refused():
+    with pytest.raises(ConfigError, match="must be odd"):
+        side_model(kernel_size=2)
+    with pytest.raises(ConfigError, match="pool_layers must be at least 1"):
+        side_model(pool_layers=0)
+    with pytest.raises(ConfigError, match="not divisible by pool_heads"):
+        side_model(pool_heads=5)
