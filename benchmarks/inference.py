@@ -1,4 +1,4 @@
-"""Inference throughput (clips/s) of every method, and of LoRA after ``vidadapt export``.
+"""Inference throughput (clips/s) of every method, and of LoRA and ZeroI2V after export.
 
     python benchmarks/inference.py --small                   # ViT-B/16, 4 frames at 112²
     python benchmarks/inference.py --batch 8 --peak-tflops 989   # H100 SXM bf16 dense peak
@@ -6,7 +6,8 @@
 All models live in this one process and are timed in turn, round after round (the first
 round warms up); the median forward time of a batch gives clips/s. ``lora_exported`` is the
 LoRA model written by ``save_exported`` and read back by ``load_exported``: a plain ViT + head,
-so its cost should match ``linear`` (the plain image model) and undercut unmerged ``lora``.
+so its cost should match ``linear`` (the plain image model) and undercut unmerged ``lora``;
+``zeroi2v_exported`` likewise (the plain layers plus the parameter-free head shift).
 FLOPs per clip are counted on the meta device (multiply-add = 2); with ``--peak-tflops``
 (the device's dense bf16 peak) the table adds the fraction of it reached. On CUDA the forward
 runs under bf16 autocast, on CPU in fp32; always under ``torch.inference_mode``.
@@ -29,12 +30,13 @@ from vidadapt.export import load_exported, save_exported
 from vidadapt.models import VideoModel, create_model
 from vidadapt.report import measure
 
-DEFAULT = "linear,lora,lora_exported,aim_stj,st_adapter,vpt,prefix,adapter"
+DEFAULT = "linear,lora,lora_exported,zeroi2v,zeroi2v_exported,aim_stj,st_adapter,vpt,prefix,adapter"
+EXPORTED = {"lora_exported": "lora", "zeroi2v_exported": "zeroi2v"}  # name → trained variant
 
 
-def exported_lora(shape: Shape) -> VideoModel:
-    """A LoRA model with non-zero updates, through the export file and back."""
-    model = build(VARIANTS["lora"], shape)
+def exported(variant: str, shape: Shape) -> VideoModel:
+    """A model of ``variant`` with non-zero updates, through the export file and back."""
+    model = build(VARIANTS[variant], shape)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -47,7 +49,7 @@ def exported_lora(shape: Shape) -> VideoModel:
 
 
 def make(name: str, shape: Shape) -> VideoModel:
-    return exported_lora(shape) if name == "lora_exported" else build(VARIANTS[name], shape)
+    return exported(EXPORTED[name], shape) if name in EXPORTED else build(VARIANTS[name], shape)
 
 
 def forward_flops(model: VideoModel, shape: Shape) -> float:
@@ -91,7 +93,7 @@ def benchmark(names: list[str], shape: Shape, rounds: int, device: torch.device,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default=DEFAULT,
-                        help=f"comma-separated, from: lora_exported, {', '.join(VARIANTS)}")
+                        help=f"comma-separated, from: {', '.join([*EXPORTED, *VARIANTS])}")
     parser.add_argument("--small", action="store_true",
                         help="4 frames at 112², batch 2 (default: 8 frames at 224², batch 2)")
     parser.add_argument("--backbone", default="vit_b16_clip")
@@ -104,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
 
     names = [n for n in args.methods.split(",") if n]
-    unknown = [n for n in names if n != "lora_exported" and n not in VARIANTS]
+    unknown = [n for n in names if n not in EXPORTED and n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}")
     shape = Shape(args.backbone, 4 if args.small else 8, 112 if args.small else 224, args.batch)
@@ -115,10 +117,10 @@ def main() -> None:
         return
     print(f"{shape.backbone}, {shape.frames}x{shape.image_size}², batch {shape.batch}, {device} "
           f"({torch.get_num_threads()} threads)")
-    print(f"{'model':<15}{'clips/s':>10}{'GFLOPs/clip':>13}{'TFLOP/s':>10}{'of peak':>9}")
+    print(f"{'model':<18}{'clips/s':>10}{'GFLOPs/clip':>13}{'TFLOP/s':>10}{'of peak':>9}")
     for name, r in results.items():
         peak = f"{100 * r['fraction_of_peak']:.0f}%" if "fraction_of_peak" in r else "-"
-        print(f"{name:<15}{r['clips_per_s']:>10.2f}{r['gflops_per_clip']:>13.1f}"
+        print(f"{name:<18}{r['clips_per_s']:>10.2f}{r['gflops_per_clip']:>13.1f}"
               f"{r['achieved_tflops']:>10.3f}{peak:>9}")
 
 

@@ -89,6 +89,10 @@ VARIANTS = {
     "mam": Variant("mam"),
     "bitfit": Variant("bitfit"),
     "evl": Variant("evl"),  # the backbone runs without autograd: no backward through it
+    "zeroi2v": Variant("zeroi2v"),  # K400 setting: heads 0, 1 look at t - 1, t + 1
+    "side_network": Variant("side_network"),  # DiST's form; no backward through the backbone
+    # 8 frames as they are plus two 2x2 grids of them (10 images, as the paper's 8 + 32/16)
+    "dualpath": Variant("dualpath", {"spatial_frames": 8, "grid": 2}),
 }
 REFERENCE = "full"  # ratios are to full fine-tuning
 

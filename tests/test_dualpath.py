@@ -9,6 +9,7 @@ import torch
 from vidadapt.errors import ConfigError
 from vidadapt.methods.dualpath import DualPathConfig, DualPathInputs, path_layout
 from vidadapt.models import create_model
+from vidadapt.report import model_report
 
 
 def test_inputs_are_every_other_frame_then_grids_of_consecutive_frames():
@@ -59,6 +60,13 @@ def test_the_two_paths_meet_before_the_linear_head():
     adapters = 4 * 5 * (128 * 32 + 32 + 32 * 128 + 128)
     assert counts["dualpath"] == adapters + 16 * 128 + (256 * 128 + 128)
     assert model.temporal.fuse.in_features == 2 * model.backbone.width
+
+
+def test_vit_b16_counts():
+    report = model_report("dualpath", "vit_b16_clip", 400, 32, 224)
+    # 60 adapters of 768 -> 192 -> 768, the grid position table [196, 768], Linear(1536, 768).
+    assert report["tunable_by_part"] == {"head": 307_600, "dualpath": 19_083_264}
+    assert report["total_params"] == 105_190_288
 
 
 def test_settings_that_cannot_work_are_refused():

@@ -15,6 +15,7 @@ from vidadapt.export import load_exported, save_exported
 from vidadapt.methods.folding import merged_state_dict
 from vidadapt.methods.zeroi2v import AdaptedLinear, HeadShift, LinearAdapter
 from vidadapt.models import create_model
+from vidadapt.report import model_report
 
 FRAMES = 4
 
@@ -92,6 +93,17 @@ def test_export_is_the_image_models_layers_with_the_trained_logits(tmp_path):
 
     assert flops(served) == flops(plain)  # the shift re-indexes; it computes nothing
     assert flops(model) > flops(plain)  # while training, the adapters cost
+
+
+def test_vit_b16_counts_and_cost():
+    trained = model_report("zeroi2v", "vit_b16_clip", 400, 8, 224)
+    # 48 adapters of 768 -> 192 -> 768 (295,872 each), the final norm, the temporal embedding.
+    assert trained["tunable_by_part"] == {"head": 307_600, "zeroi2v": 14_209_536}
+    folded = model_report("zeroi2v", "vit_b16_clip", 400, 8, 224,
+                          options={"zeroi2v": {"folded": True}})
+    plain = model_report("linear", "vit_b16_clip", 400, 8, 224)
+    assert folded["total_params"] == plain["total_params"] + 8 * 768  # + temporal embedding
+    assert folded["gflops_per_view"] == plain["gflops_per_view"] < trained["gflops_per_view"]
 
 
 def test_options_that_cannot_work_are_refused():
