@@ -98,7 +98,8 @@ def test_export_refuses_files_it_did_not_write(tmp_path):
         load_exported(adapter)
 
 
-ONNX_CAN = ["linear", "lora", "aim", "st_adapter", "vpt", "coop", "xclip", "lora+coop"]
+ONNX_CAN = ["linear", "lora", "aim", "st_adapter", "vpt", "coop", "xclip", "lora+coop", "zeroi2v",
+            "lora+zeroi2v", "dualpath"]
 
 
 @pytest.mark.parametrize("stack", ONNX_CAN)

@@ -14,7 +14,6 @@ without the pretrained file.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import warnings
@@ -33,8 +32,8 @@ from .clip.tokenizer import ClipTokenizer
 from .clip.towers import Clip
 from .engine.checkpoint import atomic_write, upgrade_names
 from .errors import CheckpointError, UserError
-from .methods.folding import merged_state_dict
-from .methods.lora import lora_layers, merge_lora
+from .methods.folding import foldable_layers, folded_copy, merged_state_dict
+from .methods.lora import lora_layers
 from .methods.registry import parse_methods
 from .methods.text_head import TextHead
 from .models import ModelSpec, VideoModel, create_model, spec_kwargs
@@ -194,17 +193,16 @@ ONNX_TOLERANCE = 1e-4  # largest logit difference to PyTorch accepted when check
 
 def save_onnx(model: VideoModel, path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
     """Trace ``model`` (eval mode) to an ONNX file: input ``video`` ``[batch, T, 3, H, W]``,
-    output ``logits`` ``[batch, C]``, the batch dynamic, LoRA folded in. With onnxruntime
-    installed the file is checked against PyTorch at another batch size (to
+    output ``logits`` ``[batch, C]``, the batch dynamic, LoRA and ZeroI2V's adapters folded
+    in. With onnxruntime installed the file is checked against PyTorch at another batch size (to
     ``ONNX_TOLERANCE``); a model whose traced graph does not hold for other batches (a
     per-clip Python loop: CoCoOp; EVL) is refused in one line, as is one that cannot be traced
     at all."""
     spec = model.spec
     method = spec.method if spec else "this model"
     frames, size = (spec.num_frames, spec.image_size) if spec else (model.num_frames, 224)
-    if lora_layers(model):  # served folded, as `vidadapt export` serves it
-        model = copy.deepcopy(model)
-        merge_lora(model)
+    if foldable_layers(model):  # served folded, as `vidadapt export` serves it
+        model = folded_copy(model)
     model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,11 @@ The frozen image model encodes two kinds of images of a clip in one batch (docs/
    as it is, with *parallel* adapters beside every block's attention and MLP (bottleneck
    ``bottleneck_ratio`` · D, GELU, ``adapter_scale``, up projection zero).
 2. **Temporal path**: consecutive frames tiled ``grid`` × ``grid`` into one image of the input
-   size (each frame shrunk by ``grid``), T / grid² such images per clip, with *serial* adapters
-   (before the attention, after it, after the MLP; their own, not the spatial path's). Each
-   grid image's patches get a fixed sin/cos embedding of their frame's place in the grid and a
-   learned position embedding of their own (zero at the start).
+   size (each frame shrunk by ``grid``, averaging ``grid`` × ``grid`` pixels), T / grid² such
+   images per clip, with *serial* adapters (before the attention, after it, after the MLP;
+   their own, not the spatial path's). Each grid image's patches get a fixed sin/cos embedding
+   of their frame's place in the grid and a learned position embedding of their own (zero at
+   the start).
 
 Each path's final-norm class tokens are averaged over its images; the two means, side by side,
 pass ``Linear(2D → D)`` and GELU before the linear head (the official two-layer head). The
@@ -79,8 +80,9 @@ class DualPathInputs(nn.Module):
         B, T, C, H, W = video.shape
         g = self.grid
         frames = video[:, :: T // self.paths.spatial]  # [B, Ts, 3, H, W]
-        small = F.interpolate(video.flatten(0, 1), size=(H // g, W // g), mode="bilinear",
-                              antialias=True, align_corners=False)  # [B*T, 3, H/g, W/g]
+        # Each small pixel is the mean of the g x g it replaces (no aliasing, and it traces to
+        # ONNX, which has no antialiased bilinear resize).
+        small = F.avg_pool2d(video.flatten(0, 1), g)  # [B*T, 3, H/g, W/g]
         small = small.view(B, self.paths.grids, g, g, C, H // g, W // g)  # [B, Tt, gy, gx, ...]
         tiles = small.permute(0, 1, 4, 2, 5, 3, 6).reshape(B, self.paths.grids, C,
                                                            g * (H // g), g * (W // g))

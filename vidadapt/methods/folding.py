@@ -9,6 +9,9 @@ folds into, so the exported model has the image model's layers and their cost.
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import Tensor, nn
 
 
@@ -37,6 +40,33 @@ def foldable_layers(model: nn.Module) -> dict[str, FoldableLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, FoldableLinear)}
 
 
+def outermost_foldable(model: nn.Module) -> dict[str, FoldableLinear]:
+    """The :class:`FoldableLinear` layers not inside another (which folds them with itself)."""
+    outer: dict[str, FoldableLinear] = {}
+    for name, layer in foldable_layers(model).items():  # parents come before children
+        if not any(name.startswith(f"{o}.") for o in outer):
+            outer[name] = layer
+    return outer
+
+
+def folded_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in which every wrapper is the plain ``nn.Linear`` it folds into
+    (what ``vidadapt export`` serves, for tracing to ONNX)."""
+    model = copy.deepcopy(model)
+    for name, layer in outermost_foldable(model).items():
+        weight, bias = layer.folded()
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                           device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias)
+        linear.requires_grad_(False)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, linear)
+    return model
+
+
 def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """``model.state_dict()`` with every :class:`FoldableLinear` written as a plain linear
     layer (its folded weight and bias under the layer's own name); the model is unchanged.
@@ -46,10 +76,8 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """
     replaced: dict[str, Tensor] = {}
     prefixes: list[str] = []
-    for name, layer in foldable_layers(model).items():  # outer wrappers before inner ones
+    for name, layer in outermost_foldable(model).items():  # an inner one folds with its outer
         prefix = f"{name}." if name else ""
-        if any(prefix.startswith(outer) for outer in prefixes):
-            continue  # inside a wrapper already folded whole
         prefixes.append(prefix)
         weight, bias = layer.folded()
         replaced[prefix + "weight"] = weight.detach()

@@ -44,6 +44,8 @@ class SideNetworkConfig:
     kernel_size: int = 3  # temporal convolutions in the encoder and the integration MLP
     pool_layers: int = 4  # pooling layers: 4 for K400, 2 for SSv2
     pool_heads: int | None = None  # pooling attention heads; None = integration width / 64
+    frame_stride: int = 1  # the image model sees every k-th frame, the temporal encoder all of
+    # them (DiST's "8+16" setting: 2)
 
     def __post_init__(self) -> None:
         if self.kernel_size % 2 == 0 or self.stem_frames % 2 == 0:
@@ -52,6 +54,9 @@ class SideNetworkConfig:
         if self.pool_layers < 1:
             raise ConfigError(f"side_network.pool_layers must be at least 1, got "
                               f"{self.pool_layers}")
+        if self.frame_stride < 1:
+            raise ConfigError(f"side_network.frame_stride must be at least 1, got "
+                              f"{self.frame_stride}")
 
 
 def channels_last(x: Tensor) -> Tensor:
@@ -74,7 +79,7 @@ class TemporalBlock(nn.Module):
         self.spatial = nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.norm(x.movedim(1, -1)).movedim(-1, 1)  # LN over channels
+        h = self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)  # LN over channels
         return F.gelu(x + self.spatial(quick_gelu(self.temporal(h))))
 
 
@@ -97,13 +102,19 @@ class TemporalMlp(nn.Module):
 
 class IntegrationLayer(nn.Module):
     """One layer of the integration branch, beside image-model block ``l``; all but the last
-    feed their patch tokens back to the temporal encoder (``feeds_back``)."""
+    feed their patch tokens back to the temporal encoder (``feeds_back``). With ``stride`` k
+    the temporal encoder has k frames per image-model frame: k consecutive ones enter
+    together (a temporal convolution of kernel and stride k) and the feedback repeats k times
+    (nearest in time)."""
 
     def __init__(self, dim: int, width: int, temporal_width: int, kernel: int,
-                 feeds_back: bool) -> None:
+                 feeds_back: bool, stride: int) -> None:
         super().__init__()
-        self.from_block = nn.Linear(dim, width)
-        self.from_temporal = nn.Linear(temporal_width, width)
+        self.stride = stride
+        # The frozen residual stream has channels of very different scale: normalised before
+        # the projection (as Side4Video does), the block's tokens cannot drown the rest.
+        self.from_block = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, width))
+        self.from_temporal = nn.Linear(stride * temporal_width, width)
         self.class_token = nn.Parameter(torch.zeros(width))  # the temporal side has no class
         self.to_temporal = nn.Linear(width, temporal_width) if feeds_back else None
         self.norm = nn.LayerNorm(width)
@@ -112,14 +123,17 @@ class IntegrationLayer(nn.Module):
 
     def forward(self, z: Tensor | None, block: Tensor, temporal: Tensor) -> tuple[Tensor, Tensor]:
         """``z`` ``[B, T, 1+P, Ci]`` (None before the first layer), the block's class and patch
-        tokens ``[B, T, 1+P, D]`` and the temporal features ``[B, T, P, Ct]`` → both updated."""
-        B, T = temporal.shape[:2]
+        tokens ``[B, T, 1+P, D]`` and the temporal features ``[B, k*T, P, Ct]`` → both
+        updated."""
+        B, T = block.shape[:2]
+        grouped = temporal.unflatten(1, (T, self.stride)).transpose(2, 3)  # [B, T, P, k, Ct]
         from_temporal = torch.cat([self.class_token.expand(B, T, 1, -1),
-                                   self.from_temporal(temporal)], dim=2)  # [B, T, 1+P, Ci]
+                                   self.from_temporal(grouped.flatten(3))], dim=2)  # [B,T,1+P,Ci]
         update = self.from_block(block) + from_temporal
         z = update if z is None else z + update
         if self.to_temporal is not None:
-            temporal = temporal + self.to_temporal(z[:, :, 1:])  # [B, T, P, Ct]
+            back = self.to_temporal(z[:, :, 1:])  # [B, T, P, Ct]
+            temporal = temporal + back.repeat_interleave(self.stride, dim=1)  # [B, k*T, P, Ct]
         h = self.norm(z)
         z = z + self.mlp(h) + self.temporal_mlp(h)
         return z, temporal
@@ -146,6 +160,7 @@ class SideNetwork(nn.Module):
     feature ``[B, D]``."""
 
     def __init__(self, vit: ViT, frames: int, cfg: SideNetworkConfig) -> None:
+        """``frames``: the image model's frames per clip (the clip's / ``frame_stride``)."""
         super().__init__()
         dim, depth, patch = vit.width, len(vit.blocks), vit.cfg.patch_size
         width = int(dim * cfg.integration_ratio)
@@ -159,7 +174,8 @@ class SideNetwork(nn.Module):
         self.temporal = nn.ModuleList(TemporalBlock(cfg.temporal_width, cfg.kernel_size)
                                       for _ in self.layers)
         self.integration = nn.ModuleList(
-            IntegrationLayer(dim, width, cfg.temporal_width, cfg.kernel_size, i < depth - 1)
+            IntegrationLayer(dim, width, cfg.temporal_width, cfg.kernel_size, i < depth - 1,
+                             cfg.frame_stride)
             for i in self.layers)
         self.frame_query = nn.Parameter(torch.zeros(width))
         self.video_query = nn.Parameter(torch.zeros(width))
@@ -177,18 +193,18 @@ class SideNetwork(nn.Module):
     def forward(self, block_outputs: list[Tensor], layout: TokenLayout, video: Tensor) -> Tensor:
         B, T, grid = layout.batch, layout.frames, layout.grid
         start, end = layout.num_prefix, layout.num_prefix + layout.num_patches
-        temporal = self.stem(video.transpose(1, 2))  # [B, Ct, T, h, w]
+        temporal = self.stem(video.transpose(1, 2))  # [B, Ct, k*T, h, w]
         if temporal.shape[-2:] != grid:
             raise ValueError(f"the pixel stem gives a {tuple(temporal.shape[-2:])} grid, the "
                              f"image model {grid}")
         z = None
         for block_out, encoder, integration in zip(block_outputs, self.temporal,
                                                    self.integration, strict=True):
-            temporal = channels_last(encoder(temporal))  # [B, T, P, Ct]
+            temporal = channels_last(encoder(temporal))  # [B, k*T, P, Ct]
             tokens = block_out.view(B, T, *block_out.shape[1:])  # [B, T, N, D]
             tokens = torch.cat([tokens[:, :, :1], tokens[:, :, start:end]], dim=2)  # [B,T,1+P,D]
             z, temporal = integration(z, tokens, temporal)
-            temporal = channels_first(temporal, grid)  # [B, Ct, T, h, w]
+            temporal = channels_first(temporal, grid)  # [B, Ct, k*T, h, w]
         frames = z.flatten(0, 1)  # [B*T, 1+P, Ci]
         frame_q = self.frame_query.expand(B * T, 1, -1)  # [B*T, 1, Ci]
         video_q = self.video_query.expand(B, 1, -1)  # [B, 1, Ci]
@@ -201,9 +217,24 @@ class SideNetwork(nn.Module):
         return self.out(self.norm(video_q[:, 0] + summary))  # [B, D]
 
 
+class EveryKthFrame(nn.Module):
+    """Inputs stage: the image model sees frames 0, k, 2k, ... of the clip."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, video: Tensor) -> Tensor:
+        return video[:, :: self.stride]  # [B, T/k, 3, H, W]
+
+
 def apply_side_network(target: Target, cfg: SideNetworkConfig) -> MethodParts:
-    side = SideNetwork(target.backbone, target.num_frames, cfg)
-    return MethodParts(trainable=[side], readout=side)
+    if target.num_frames % cfg.frame_stride:
+        raise ConfigError(f"side_network.frame_stride {cfg.frame_stride} does not divide the "
+                          f"clip's {target.num_frames} frames")
+    side = SideNetwork(target.backbone, target.num_frames // cfg.frame_stride, cfg)
+    inputs = EveryKthFrame(cfg.frame_stride) if cfg.frame_stride > 1 else None
+    return MethodParts(trainable=[side], readout=side, inputs=inputs)
 
 
 METHOD = Method("side_network", SideNetworkConfig, apply_side_network)
