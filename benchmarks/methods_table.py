@@ -72,6 +72,9 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "aim_stj": DEMO_RUNS["aim_stj"],
     "st_adapter": DEMO_RUNS["st_adapter"],
     "evl": ("evl.yaml", [], "EVL"),
+    "zeroi2v": ("zeroi2v.yaml", [], "ZeroI2V (folds away on export)"),
+    "side_network": ("side_network.yaml", [], "side network, DiST's form"),
+    "dualpath": ("dualpath.yaml", [], "DualPath"),
     # CLIP methods: class embeddings from the text tower (the synthetic CLIP, _clip_.yaml).
     # Frames averaged, then compared with text:
     "zero_shot": ("zero_shot.yaml", [], "zero-shot CLIP"),

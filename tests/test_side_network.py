@@ -33,6 +33,18 @@ def test_nothing_backpropagates_through_the_image_model():
     assert trained and all(p.grad is not None for p in trained)  # DDP: no unused parameter
 
 
+def test_with_a_frame_stride_the_image_model_sees_every_kth_frame():
+    model = side_model(frame_stride=2)
+    seen = []
+    model.backbone.patch_embed.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
+    video = torch.randn(2, FRAMES, 3, 32, 32)
+    model(video)
+    assert seen == [(2 * FRAMES // 2, 3, 32, 32)]  # the frames the image model embeds
+    torch.testing.assert_close(model.inputs(video), video[:, ::2])
+    with pytest.raises(ConfigError, match="frame_stride 3 does not divide the clip's 4 frames"):
+        side_model(frame_stride=3)
+
+
 def test_the_pixels_and_every_block_reach_the_feature():
     model = side_model().eval()
     video = torch.randn(1, FRAMES, 3, 32, 32)
@@ -55,8 +67,13 @@ def test_vit_b16_counts():
     report = model_report("side_network", "vit_b16_clip", 400, 8, 224)
     # 12 integration layers and temporal blocks at 384 / 96 channels and 4 pooling layers (DiST
     # is about 25M), the 400-class head, beside the 86M image model that stays frozen.
-    assert report["tunable_by_part"] == {"head": 307_600, "side_network": 25_681_920}
-    assert report["total_params"] == 111_788_944
+    assert report["tunable_by_part"] == {"head": 307_600, "side_network": 25_700_352}
+    assert report["total_params"] == 111_807_376
+    # DiST's 8+16: 16 frames for the temporal encoder, 8 for the image model; the temporal
+    # projection of every integration layer reads two frames (12 x 96 x 384 more weights).
+    paired = model_report("side_network", "vit_b16_clip", 400, 16, 224,
+                          options={"side_network": {"frame_stride": 2}})
+    assert paired["tunable_by_part"]["side_network"] == 25_700_352 + 12 * 96 * 384
 
 
 def test_options_that_cannot_work_are_refused():

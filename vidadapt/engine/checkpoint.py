@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..checkpoints.convert import rename_keys
 from ..errors import CheckpointError, StorageError
+from ..methods.registry import get_method
 from ..models import ModelSpec, VideoModel
 
 ADAPTER_FORMAT = "vidadapt-adapter/2"
@@ -207,6 +208,12 @@ def read_adapter(path: str | os.PathLike) -> AdapterCheckpoint:
 _ARCHITECTURE_FIELDS = ("method", "num_classes", "num_frames", "options")
 
 
+def _complete_options(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every method's options with the defaults of those a file does not name."""
+    return {name: asdict(get_method(name).make_config(values))
+            for name, values in options.items()}
+
+
 def load_adapter(
     model: VideoModel, checkpoint: AdapterCheckpoint | str | os.PathLike, source: str = ""
 ) -> AdapterCheckpoint:
@@ -218,6 +225,8 @@ def load_adapter(
     source = source or "checkpoint"
     for field in _ARCHITECTURE_FIELDS:
         theirs, ours = getattr(checkpoint.spec, field), getattr(model.spec, field)
+        if field == "options":  # an option added since the file was written has its default
+            theirs, ours = _complete_options(theirs), _complete_options(ours)
         if json.dumps(theirs, sort_keys=True) != json.dumps(ours, sort_keys=True):
             raise CheckpointError(
                 f"checkpoint {source} was trained with {field}={theirs}, this model has "
