@@ -3,12 +3,22 @@ tuned tensors (an imported release, another run's result) on a fresh optimizer."
 
 from __future__ import annotations
 
+from dataclasses import replace as replaced
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from vidadapt.cli import main as cli
+from vidadapt.engine.checkpoint import (
+    backbone_fingerprint,
+    load_adapter,
+    read_adapter,
+    save_adapter,
+)
+from vidadapt.errors import CheckpointError
+from vidadapt.models import create_model
 
 RECIPE = str(Path(__file__).resolve().parents[1] / "configs/synthetic/st_adapter.yaml")
 SMALL = ["--set", "data.synthetic.num_train=26", "--set", "data.synthetic.num_val=13",
@@ -44,3 +54,19 @@ def test_a_checkpoint_of_another_architecture_is_refused_in_one_line(tmp_path, m
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"vidadapt train: error: checkpoint {checkpoint} was trained with")
     assert "'width': 64" in error and "'width': 32" in error
+
+
+def test_a_checkpoint_from_before_an_option_existed_loads_with_its_default(tmp_path):
+    def model(**options):
+        torch.manual_seed(0)
+        return create_model("side_network", "vit_tiny", num_classes=3, num_frames=4,
+                            side_network={"temporal_width": 16, **options})
+
+    trained = model()
+    save_adapter(tmp_path / "a.safetensors", trained, backbone_fingerprint(trained))
+    old = read_adapter(tmp_path / "a.safetensors")
+    options = {k: v for k, v in old.spec.options["side_network"].items() if k != "frame_stride"}
+    old.spec = replaced(old.spec, options={"side_network": options})  # written before it existed
+    load_adapter(model(), old)
+    with pytest.raises(CheckpointError, match="was trained with options="):
+        load_adapter(model(frame_stride=2), old)  # a value other than the default is a change
