@@ -74,7 +74,8 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "evl": ("evl.yaml", [], "EVL"),
     "zeroi2v": ("zeroi2v.yaml", [], "ZeroI2V (folds away on export)"),
     "side_network": ("side_network.yaml", [], "side network, DiST's form"),
-    "dualpath": ("dualpath.yaml", [], "DualPath"),
+    # 8 frames + two 2x2 grids of them at ViT-B/16: the images of the paper's 8 + 32/16
+    "dualpath": ("dualpath.yaml", ["method.grid=2"], "DualPath"),
     # CLIP methods: class embeddings from the text tower (the synthetic CLIP, _clip_.yaml).
     # Frames averaged, then compared with text:
     "zero_shot": ("zero_shot.yaml", [], "zero-shot CLIP"),
