@@ -59,12 +59,14 @@ REPO = Path(__file__).resolve().parent.parent
 # full fine-tuning as its reference.
 TRAIN_GROUPS = {
     8: [["full", "full_aim", "aim_stj", "aim_stj_ckpt", "aim_stj_ckpt11", "aim_stj_ckpt10",
-         "st_adapter", "evl", "lora", "vpt", "adapter", "prefix"]],
+         "st_adapter", "evl", "lora", "vpt", "adapter", "prefix"],
+        ["full", "aim_stj", "zeroi2v", "side_network", "dualpath"]],
     32: [["full", "aim_stj", "aim_stj_ckpt", "aim_stj_ckpt10"],
-         ["full", "st_adapter", "evl", "lora"]],
+         ["full", "st_adapter", "evl", "lora"],
+         ["full", "aim_stj", "zeroi2v", "side_network", "dualpath"]],
 }
-INFERENCE = ["linear", "lora", "lora_exported", "aim_stj", "st_adapter", "evl", "vpt", "adapter",
-             "prefix"]
+INFERENCE = ["linear", "lora", "lora_exported", "zeroi2v", "zeroi2v_exported", "aim_stj",
+             "st_adapter", "evl", "vpt", "adapter", "prefix"]
 PROFILED = ["full", "aim_stj", "st_adapter", "evl", "lora"]
 TINY = dict(backbone="vit_tiny", frames=4, image_size=32)
 

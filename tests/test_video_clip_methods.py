@@ -413,7 +413,7 @@ def test_xclip_matches_hugging_face_xclip_model(tokenizer):
     with torch.no_grad():
         expected = hf(input_ids=model.head.prompts.tokens, pixel_values=video)
         tokens, collected, layout = model.encode(video)
-        frames = model.read(tokens, collected, layout)  # [B, T, E]
+        frames = model.read(tokens, collected, layout, video)  # [B, T, E]
         video_embeds = model.temporal(frames)
         context = model.context(tokens, layout)  # [B, N, E]
         text_embeds = model.head.prompts(model.head, context)  # [B, C, E]
