@@ -53,6 +53,13 @@ def test_each_paths_adapters_change_only_its_images(path, changed):
     assert (moved[changed] > 1e-3).all() and (moved[others] == 0).all()
 
 
+def test_another_input_size_resamples_the_grid_positions():
+    model = dualpath_model().eval()
+    with torch.no_grad():
+        model.backbone.embed_sites[0].position.normal_()
+        assert model(torch.randn(1, 4, 3, 48, 32)).shape == (1, 5)  # a 6x4 patch grid
+
+
 def test_the_two_paths_meet_before_the_linear_head():
     model = dualpath_model()
     counts = model.parameter_counts()
@@ -72,8 +79,14 @@ def test_vit_b16_counts():
 def test_settings_that_cannot_work_are_refused():
     with pytest.raises(ConfigError, match="grid must be at least 2"):
         DualPathConfig(grid=1)
-    with pytest.raises(ConfigError, match="4 frames split neither"):
-        create_model("dualpath", "vit_tiny", num_classes=5, num_frames=4)  # 8 spatial, 4x4
+    with pytest.raises(ConfigError, match="spatial_frames=8 must divide the clip's 4 frames"):
+        create_model("dualpath", "vit_tiny", num_classes=5, num_frames=4)
+    with pytest.raises(ConfigError, match="4 frames do not split into grids of 16"):
+        create_model("dualpath", "vit_tiny", num_classes=5, num_frames=4,
+                     dualpath={"spatial_frames": 4})
+    with pytest.raises(ConfigError, match="aim would relate them as frames"):
+        create_model("dualpath+aim", "vit_tiny", num_classes=5, num_frames=4,
+                     dualpath={"spatial_frames": 4, "grid": 2}, aim={})
     with pytest.raises(ConfigError, match="no text head"):
         create_model("dualpath+coop", "vit_tiny_clip", classes=["a", "b"], num_frames=4,
                      dualpath={"spatial_frames": 4, "grid": 2}, coop={"text": "random"})

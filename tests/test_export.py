@@ -99,7 +99,7 @@ def test_export_refuses_files_it_did_not_write(tmp_path):
 
 
 ONNX_CAN = ["linear", "lora", "aim", "st_adapter", "vpt", "coop", "xclip", "lora+coop", "zeroi2v",
-            "lora+zeroi2v", "dualpath"]
+            "lora+zeroi2v", "side_network", "dualpath"]
 
 
 @pytest.mark.parametrize("stack", ONNX_CAN)

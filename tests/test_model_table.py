@@ -47,7 +47,8 @@ STACKS = [
     "lora+coop", "aim+coop", "vpt+cocoop", "st_adapter+zero_shot", "st_adapter+clip_adapter",
     "lora+tip_adapter", "aim+efficient_prompt", "lora+actionclip", "vpt+xclip",
     "lora+zeroi2v", "zeroi2v+lora", "zeroi2v+bitfit", "zeroi2v+aim", "prefix+zeroi2v",
-    "lora+side_network", "vpt+dualpath",
+    "lora+side_network", "vpt+dualpath", "zeroi2v+evl", "zeroi2v+side_network",
+    "side_network+aim",
 ]
 
 

@@ -55,11 +55,12 @@ def test_the_pixels_and_every_block_reach_the_feature():
         tokens, collected, layout = model.encode(video)
         moved = video.clone()
         moved[:, 1] = video[:, 1].roll(8, dims=-1)
-        assert not torch.allclose(model.read(tokens, collected, layout, moved), base)
+        assert (model.read(tokens, collected, layout, moved) - base).abs().max() > 1e-3
         for i in range(len(collected)):  # and every block's output
             changed = [c.clone() for c in collected]
-            changed[i][:, 1:] += 1.0
-            assert not torch.allclose(model.read(tokens, changed, layout, video), base), i
+            changed[i][:, 1:] += torch.randn_like(changed[i][:, 1:])
+            moved_by = (model.read(tokens, changed, layout, video) - base).abs().max()
+            assert moved_by > 1e-3, i
     assert model.readout.layers == tuple(range(len(model.backbone.blocks)))
 
 

@@ -144,7 +144,8 @@ class LinearHead(nn.Linear, Head):
 
 
 class VideoModel(TunableModel):
-    """Frames ``[B, T, 3, H, W]`` → logits ``[B, C]``, in four stages:
+    """Frames ``[B, T, 3, H, W]`` → logits ``[B, C]``, in four stages (five with a method's
+    inputs stage):
 
     1. the image encoder ``backbone`` runs every frame, with the methods' modules at its
        extension sites (or the images a method's *inputs* stage makes of the clip: DualPath's
@@ -306,7 +307,18 @@ def create_model(
     target = Target(vit, num_frames, names or [str(i) for i in range(count)], towers)
     applied = {m.name: m.apply(target, configs[m.name]) for m in methods}
     parts = merge_parts(applied)
-    trainable = {name: list(p.trainable) for name, p in applied.items()}
+    timed = [m.name for m in methods if m.across_frames]
+    if not parts.inputs_are_frames and timed:
+        images = next(name for name, p in applied.items() if not p.inputs_are_frames)
+        raise ConfigError(f"{images} gives the image model images that are not the clip's "
+                          f"frames in time, and {' and '.join(timed)} would relate them as "
+                          "frames; stack it with frame-wise methods only (lora, vpt, bitfit...)")
+    if parts.readout is not None:  # the final norm only serves the class-token readout
+        trainable_of = {name: [t for t in p.trainable if t is not vit.norm]
+                        for name, p in applied.items()}
+    else:
+        trainable_of = {name: list(p.trainable) for name, p in applied.items()}
+    trainable = trainable_of
     if parts.head is None:
         parts.head = linear
         trainable = {"head": [linear], **trainable}
@@ -367,7 +379,8 @@ def _encoders(
 def merge_parts(applied: dict[str, MethodParts]) -> MethodParts:
     """One record of the stages the methods of a stack provide, after checking that at most
     one provides each stage and that the stages fit together."""
-    merged = MethodParts(pool_before_norm=any(p.pool_before_norm for p in applied.values()))
+    merged = MethodParts(pool_before_norm=any(p.pool_before_norm for p in applied.values()),
+                         inputs_are_frames=all(p.inputs_are_frames for p in applied.values()))
     for stage in STAGES:
         providers = [name for name, p in applied.items() if getattr(p, stage) is not None]
         if len(providers) > 1:

@@ -24,7 +24,8 @@ are empty by default, so the plain model runs the plain ViT):
 ``Attention.kv_sites``    maps ``(k, v)`` head tensors before attention (prefix tuning, ZeroI2V's
                           head shift; a site with ``spatial_only = True`` is skipped by the
                           attention across frames).
-``Attention.qkv / proj``  plain ``nn.Linear`` layers that LoRA wraps in place.
+``Attention.qkv / proj``, ``Mlp.fc1 / fc2``  plain ``nn.Linear`` layers that LoRA and ZeroI2V's
+                          adapters wrap in place.
 ``ViT.forward_tokens(..., layers=...)`` returns intermediate block outputs (EVL).
 ``ViT.named_image_modules()`` lists the image model's own modules, without the site modules
                           and wrappers' own parts (what LoRA wraps and BitFit tunes, whatever

@@ -11,7 +11,7 @@ from torch import nn
 
 # Parameters that are embeddings (learned tokens or positions) take no weight decay, like norms
 # and biases: decaying them pulls positions and prompts towards zero (AIM, ViT practice).
-NO_DECAY_NAMES = re.compile(r"(pos_embed|cls_token|reg_token|embedding|prompt)")
+NO_DECAY_NAMES = re.compile(r"(pos_embed|cls_token|reg_token|embedding|prompt|position)")
 
 
 def wants_decay(name: str, param: nn.Parameter) -> bool:

@@ -207,7 +207,7 @@ def apply_actionclip(target: Target, cfg: ActionCLIPConfig) -> MethodParts:
     return MethodParts(trainable, temporal=temporal, head=head, loss=symmetric_kl_loss)
 
 
-METHOD = Method("actionclip", ActionCLIPConfig, apply_actionclip)
+METHOD = Method("actionclip", ActionCLIPConfig, apply_actionclip, across_frames=True)
 
 
 # ---- the official release's checkpoints ----------------------------------------------------------

@@ -108,7 +108,7 @@ def apply_aim(target: Target, cfg: AIMConfig) -> MethodParts:
     return MethodParts(trainable)
 
 
-METHOD = Method("aim", AIMConfig, apply_aim)
+METHOD = Method("aim", AIMConfig, apply_aim, across_frames=True)
 
 
 # ---- the official release's checkpoints ----------------------------------------------------------

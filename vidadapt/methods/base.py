@@ -48,6 +48,8 @@ class MethodParts:
     # method's new modules and any existing module or parameter it unfreezes
     inputs: nn.Module | None = None  # the images the image model encodes, from the clips:
     # ``inputs(video [B, T, 3, H, W]) -> [B, T', 3, H, W]`` (DualPath: frames and frame grids)
+    inputs_are_frames: bool = True  # False: those images are not the clip's frames in order
+    # (DualPath's), so methods that relate frames in time (Method.across_frames) cannot stack
     readout: nn.Module | None = None  # replaces the class-token readout: ``readout(collected,
     # layout, video) -> [B, D]`` on the outputs of the blocks in its ``layers`` and the input
     # clips (EVL's decoder, the side network)
@@ -100,6 +102,8 @@ class Method:
     config_cls: type  # dataclass holding the method's options
     apply: ApplyFn  # attaches the method to a Target; returns its parts
     exclusive: bool = False  # cannot be combined with other methods (linear probe, full tuning)
+    across_frames: bool = False  # its modules relate the image model's images as the clip's
+    # frames in time (temporal attention, shifts, convolutions or embeddings over frames)
     # The method's options once `vidadapt export` has folded its layers into the frozen weights
     # (``folding.FoldableLinear``); returning None means nothing of it remains (LoRA). A method
     # without it is exported as it trained.

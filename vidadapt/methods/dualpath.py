@@ -60,12 +60,14 @@ class PathLayout:
 
 
 def path_layout(num_frames: int, cfg: DualPathConfig) -> PathLayout:
-    spatial = cfg.spatial_frames or num_frames
+    spatial = num_frames if cfg.spatial_frames is None else cfg.spatial_frames
     per_grid = cfg.grid * cfg.grid
-    if num_frames % spatial or num_frames % per_grid:
-        raise ConfigError(f"dualpath: {num_frames} frames split neither into "
-                          f"spatial_frames={spatial} nor into grids of {per_grid}; use a "
-                          f"multiple of both")
+    if spatial < 1 or num_frames % spatial:
+        raise ConfigError(f"dualpath.spatial_frames={spatial} must divide the clip's "
+                          f"{num_frames} frames")
+    if num_frames % per_grid:
+        raise ConfigError(f"dualpath: the clip's {num_frames} frames do not split into grids "
+                          f"of {per_grid} (grid {cfg.grid}); use a multiple of {per_grid}")
     return PathLayout(spatial, num_frames // per_grid)
 
 
@@ -92,17 +94,18 @@ class DualPathInputs(nn.Module):
         return torch.cat([frames, tiles], dim=1)
 
 
-def grid_cell_embedding(grid: tuple[int, int], cells: int, dim: int) -> Tensor:
+def grid_cell_embedding(grid: tuple[int, int], cells: int, dim: int,
+                        device: torch.device | None = None) -> Tensor:
     """``[h*w, D]``: each patch of a grid image gets the sin/cos embedding of the frame it
     shows (its cell's place in the ``cells`` x ``cells`` grid, row by row)."""
     h, w = grid
-    rows = torch.arange(h) * cells // h
-    cols = torch.arange(w) * cells // w
+    rows = torch.arange(h, device=device) * cells // h
+    cols = torch.arange(w, device=device) * cells // w
     frame = (rows[:, None] * cells + cols[None, :]).flatten().float()  # [h*w]
     half = dim // 2
-    freq = torch.exp(-math.log(10000.0) * torch.arange(half).float() / half)
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=device).float() / half)
     angle = frame[:, None] * freq[None, :]  # [h*w, D/2]
-    table = torch.zeros(h * w, dim)
+    table = torch.zeros(h * w, dim, device=device)
     table[:, 0:2 * half:2], table[:, 1:2 * half:2] = angle.sin(), angle.cos()
     return table
 
@@ -113,16 +116,24 @@ class GridPositions(nn.Module):
 
     def __init__(self, paths: PathLayout, grid: int, patch_grid: tuple[int, int], dim: int):
         super().__init__()
-        self.paths, self.grid = paths, grid
+        self.paths, self.grid, self.patch_grid = paths, grid, patch_grid
         self.position = nn.Parameter(torch.zeros(patch_grid[0] * patch_grid[1], dim))
 
     def forward(self, x: Tensor, vit: ViT, layout: TokenLayout) -> Tensor:
         x = x.view(layout.batch, layout.frames, *x.shape[1:]).clone()  # [B, T', N, D]
         start, end = layout.num_prefix, layout.num_prefix + layout.num_patches
         # Made here, not kept: a fixed table would be a buffer a meta-device build lacks.
-        cells = grid_cell_embedding(layout.grid, self.grid, x.shape[-1]).to(x)  # [h*w, D]
-        x[:, self.paths.spatial :, start:end] += cells + self.position
+        cells = grid_cell_embedding(layout.grid, self.grid, x.shape[-1], x.device)  # [h*w, D]
+        x[:, self.paths.spatial :, start:end] += cells.to(x.dtype) + self.positions(layout.grid)
         return x.flatten(0, 1)
+
+    def positions(self, grid: tuple[int, int]) -> Tensor:
+        """The learned table ``[h*w, D]`` for a patch grid, resampled from the built one."""
+        if grid == self.patch_grid:
+            return self.position
+        table = self.position.T.reshape(1, -1, *self.patch_grid)  # [1, D, h0, w0]
+        table = F.interpolate(table, size=grid, mode="bicubic", align_corners=False)
+        return table.flatten(2)[0].T  # [h*w, D]
 
 
 class SpatialParallel(nn.Module):
@@ -202,7 +213,7 @@ def apply_dualpath(target: Target, cfg: DualPathConfig) -> MethodParts:
             trainable.append(module)
     fusion = PathFusion(dim, paths)
     return MethodParts(trainable + [fusion], inputs=DualPathInputs(paths, cfg.grid),
-                       temporal=fusion)
+                       inputs_are_frames=False, temporal=fusion)
 
 
 METHOD = Method("dualpath", DualPathConfig, apply_dualpath)

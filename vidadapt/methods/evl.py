@@ -241,7 +241,7 @@ def apply_evl(target: Target, cfg: EVLConfig) -> MethodParts:
     return MethodParts([head], readout=head)
 
 
-METHOD = Method("evl", EVLConfig, apply_evl)
+METHOD = Method("evl", EVLConfig, apply_evl, across_frames=True)
 
 
 # ---- the official release's checkpoints ----------------------------------------------------------

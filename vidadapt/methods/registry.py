@@ -28,14 +28,18 @@ methods stack, except:
   ``coop+zero_shot``, two temporal fusions, EVL's readout twice), and the pairs the factory
   refuses because their stages do not fit together (``models.create_model``: EVL's decoder
   output is not in CLIP's joint space, so ``evl`` takes no text head; ST-Adapter's average
-  before the final norm leaves no frames for a learned temporal fusion).
+  before the final norm leaves no frames for a learned temporal fusion);
+* a method whose inputs stage gives images that are not the clip's frames in time (DualPath's
+  frames and grids) with a method that relates frames in time (``Method.across_frames``: AIM,
+  ST-Adapter, ZeroI2V, EVL, X-CLIP, ActionCLIP, the side network).
 
 Everything else composes by construction. Sites are lists, so methods sharing a site run in
 stack order (``mam+prefix`` gives every attention two prefix sets, ``adapter+aim`` two modules
 after it); LoRA and BitFit act only on the image model's own layers
 (``ViT.named_image_modules``), never on another method's modules; VPT updates the token layout,
 so later sites still find the patch tokens. A method reusing a frozen module sees what others
-did to it: AIM's temporal attention runs through LoRA's wrapped qkv and prefix tuning's prefixes.
+did to it: AIM's temporal attention runs through LoRA's wrapped qkv (and ZeroI2V's adapters)
+and prefix tuning's prefixes.
 Order matters where two methods touch the same tokens: in ``vpt+aim`` AIM's temporal embedding
 is added to the prompts, in ``aim+vpt`` it is not. A backbone method composes with a CLIP
 method's text head (``lora+coop``, ``aim+zero_shot``, ``st_adapter+clip_adapter``).

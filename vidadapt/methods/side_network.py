@@ -18,9 +18,10 @@ Three parts, all trained, none inside the image model (docs/methods.md):
    tokens, normalised and projected to D, is the clip's feature for the linear head.
 
 The image model runs once, without autograd: its block outputs are inputs to the side network,
-so training memory is the side network's. Deviation from DiST: the temporal encoder sees the
-same T frames as the image model (DiST can give it twice as many), and the head is a linear
-layer (DiST compares with CLIP's text embeddings of the class names).
+so training memory is the side network's. With ``frame_stride`` k (DiST's "8+16": 2) the
+image model sees every k-th frame and the temporal encoder all of them. Deviations from DiST:
+a LayerNorm on the block tokens before their projection (as Side4Video), and a linear head
+(DiST compares with CLIP's text embeddings of the class names).
 """
 
 from __future__ import annotations
@@ -237,4 +238,5 @@ def apply_side_network(target: Target, cfg: SideNetworkConfig) -> MethodParts:
     return MethodParts(trainable=[side], readout=side, inputs=inputs)
 
 
-METHOD = Method("side_network", SideNetworkConfig, apply_side_network)
+METHOD = Method("side_network", SideNetworkConfig, apply_side_network,
+                across_frames=True)

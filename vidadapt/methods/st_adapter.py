@@ -88,7 +88,7 @@ def apply_st_adapter(target: Target, cfg: STAdapterConfig) -> MethodParts:
     return MethodParts(adapters, pool_before_norm=True)
 
 
-METHOD = Method("st_adapter", STAdapterConfig, apply_st_adapter)
+METHOD = Method("st_adapter", STAdapterConfig, apply_st_adapter, across_frames=True)
 
 
 # ---- the official release's checkpoints ----------------------------------------------------------

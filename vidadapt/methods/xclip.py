@@ -205,7 +205,7 @@ def apply_xclip(target: Target, cfg: XCLIPConfig) -> MethodParts:
     return MethodParts(trainable, temporal=temporal, head=head, context=context)
 
 
-METHOD = Method("xclip", XCLIPConfig, apply_xclip)
+METHOD = Method("xclip", XCLIPConfig, apply_xclip, across_frames=True)
 
 
 # ---- Hugging Face XCLIPModel weights -----------------------------------------------------------

@@ -160,5 +160,5 @@ def apply_zeroi2v(target: Target, cfg: ZeroI2VConfig) -> MethodParts:
     return MethodParts(trainable)
 
 
-METHOD = Method("zeroi2v", ZeroI2VConfig, apply_zeroi2v,
+METHOD = Method("zeroi2v", ZeroI2VConfig, apply_zeroi2v, across_frames=True,
                 export_as=lambda cfg: replace(cfg, folded=True))
