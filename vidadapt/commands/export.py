@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
                     "serving costs what the image model costs", args.out, size_mb,
                     checkpoint.spec.method)
     elif spec.options != checkpoint.spec.options or spec.method != checkpoint.spec.method:
-        logger.info("wrote %s (%.1f MB): %s folded into the frozen weights; %s keeps what "
-                    "cannot fold (the full model state: backbone + head + its modules)",
-                    args.out, size_mb, checkpoint.spec.method, spec.method)
+        logger.info("wrote %s (%.1f MB): the foldable layers of %s are folded into the frozen "
+                    "weights; the file holds the full model state with what stays (served as "
+                    "%s, options %s)", args.out, size_mb, checkpoint.spec.method, spec.method,
+                    spec.options)
     else:
         logger.info("wrote %s (%.1f MB): %s adds modules that cannot fold into the frozen "
                     "weights, so the file holds the full model state (backbone + head + %s)",
