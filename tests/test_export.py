@@ -84,6 +84,17 @@ def test_stacked_lora_folds_and_the_rest_stays(tmp_path):
     torch.testing.assert_close(logits(exported), logits(model), atol=1e-5, rtol=1e-5)
 
 
+def test_zeroi2v_exports_folded_through_the_command(tmp_path, capfd):
+    cfg, model = trained_model("zeroi2v")
+    out = export_via_cli(tmp_path, cfg, model)
+    said = capfd.readouterr().err
+    assert "the foldable layers of zeroi2v are folded into the frozen weights" in said
+    exported, _ = load_exported(out)
+    assert exported.spec.options["zeroi2v"]["folded"] is True
+    assert not any(".adapter." in n or n.endswith("base.weight") for n in load_file(out))
+    torch.testing.assert_close(logits(exported), logits(model), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["bitfit", "full", "linear"])
 def test_methods_that_change_only_image_weights_are_plain(method):
     _, model = trained_model(method)

@@ -34,8 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                    "accuracy, harmonic mean."),
     "predict": ("predict", "Print the top classes (with probabilities) of video files using an "
                            "adapter checkpoint."),
-    "export": ("export", "Write a standalone model (backbone + head + method weights, LoRA "
-                         "folded in) for serving."),
+    "export": ("export", "Write a standalone model (backbone + head + method weights; LoRA "
+                         "and ZeroI2V's adapters folded in) for serving."),
     "import-checkpoint": ("import_checkpoint", "Read a paper's released checkpoint (AIM, "
                                                "ST-Adapter, EVL, ActionCLIP, X-CLIP) into a "
                                                "vidadapt adapter checkpoint."),

@@ -69,7 +69,8 @@ def serving_spec(spec: ModelSpec) -> ModelSpec:
 
 
 def export_state(model: VideoModel) -> tuple[dict[str, Tensor], ModelSpec]:
-    """The model's whole state with LoRA folded in, and the spec of the model it loads into."""
+    """The model's whole state with every foldable wrapper (LoRA, ZeroI2V's adapters) folded
+    in, and the spec of the model it loads into."""
     spec = model.spec
     if spec is None or spec.backbone == "custom":
         raise UserError("export writes models that vidadapt.create_model builds from a backbone "

@@ -307,18 +307,12 @@ def create_model(
     target = Target(vit, num_frames, names or [str(i) for i in range(count)], towers)
     applied = {m.name: m.apply(target, configs[m.name]) for m in methods}
     parts = merge_parts(applied)
-    timed = [m.name for m in methods if m.across_frames]
-    if not parts.inputs_are_frames and timed:
-        images = next(name for name, p in applied.items() if not p.inputs_are_frames)
-        raise ConfigError(f"{images} gives the image model images that are not the clip's "
-                          f"frames in time, and {' and '.join(timed)} would relate them as "
-                          "frames; stack it with frame-wise methods only (lora, vpt, bitfit...)")
-    if parts.readout is not None:  # the final norm only serves the class-token readout
-        trainable_of = {name: [t for t in p.trainable if t is not vit.norm]
-                        for name, p in applied.items()}
-    else:
-        trainable_of = {name: list(p.trainable) for name, p in applied.items()}
-    trainable = trainable_of
+    _check_images_are_frames(methods, applied)
+    # The final norm serves only the class-token readout: under a method's readout it would be
+    # a trainable parameter without a gradient (DDP refuses those).
+    unused = vit.norm if parts.readout is not None else None
+    trainable = {name: [t for t in p.trainable if t is not unused]
+                 for name, p in applied.items()}
     if parts.head is None:
         parts.head = linear
         trainable = {"head": [linear], **trainable}
@@ -376,11 +370,21 @@ def _encoders(
     return vit, towers, name
 
 
+def _check_images_are_frames(methods: list[Method], applied: dict[str, MethodParts]) -> None:
+    """A method relating the image model's images as frames in time (``across_frames``) needs
+    them to be the clip's frames, which DualPath's frames and grids are not."""
+    timed = [m.name for m in methods if m.across_frames]
+    others = [name for name, p in applied.items() if not p.inputs_are_frames]
+    if others and timed:
+        raise ConfigError(f"{others[0]} gives the image model images that are not the clip's "
+                          f"frames in time, and {' and '.join(timed)} would relate them as "
+                          "frames; stack it with frame-wise methods only (lora, vpt, bitfit...)")
+
+
 def merge_parts(applied: dict[str, MethodParts]) -> MethodParts:
     """One record of the stages the methods of a stack provide, after checking that at most
     one provides each stage and that the stages fit together."""
-    merged = MethodParts(pool_before_norm=any(p.pool_before_norm for p in applied.values()),
-                         inputs_are_frames=all(p.inputs_are_frames for p in applied.values()))
+    merged = MethodParts(pool_before_norm=any(p.pool_before_norm for p in applied.values()))
     for stage in STAGES:
         providers = [name for name, p in applied.items() if getattr(p, stage) is not None]
         if len(providers) > 1:

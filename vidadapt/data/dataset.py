@@ -34,8 +34,9 @@ from .transforms import PlannedClip
 
 logger = logging.getLogger(__name__)
 
-# (uint8 clip [T, 3, H, W], label, generator) -> (float clip or list of crops, label); see
-# transforms.build_transform. The label can change (a flip that swaps left and right).
+# (uint8 clip [T, 3, H, W], label, generator) -> (float clip or list of crops, label), or with
+# deferred steps (a transforms.PlannedClip, label); see transforms.build_transform. The label
+# can change (a flip that swaps left and right).
 Transform = Callable[
     [torch.Tensor, int, torch.Generator], "tuple[torch.Tensor | list[torch.Tensor], int]"
 ]

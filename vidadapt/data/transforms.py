@@ -10,6 +10,12 @@ dataset that seeds the generator per sample gets reproducible augmentation.
 Geometric and colour transforms keep uint8; :class:`Normalize` turns the clip into floats and
 :class:`RandomErasing` runs on those. :func:`build_transform` assembles the standard pipelines
 from a :class:`TransformConfig`.
+
+The appearance steps (colour jitter, RandAugment, normalisation, erasing) are
+:class:`BatchTransform`\ s: their ops take a batch ``[B, T, 3, H, W]`` with one amount per
+clip, and drawing the parameters is apart from applying them. With ``data.gpu_augment`` the
+worker only draws them (:class:`DrawPlans`) and the training step applies them to the batch on
+the device (:class:`DeviceAugment`): the same code on the same draws as the worker path.
 """
 
 from __future__ import annotations

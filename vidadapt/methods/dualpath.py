@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones.vit import Block, TokenLayout, ViT
+from ..backbones.vit import Block, TokenLayout, ViT, resample_pos_embed
 from ..errors import ConfigError
 from .base import Method, MethodParts, Target
 from .layers import Bottleneck
@@ -116,7 +116,7 @@ class GridPositions(nn.Module):
 
     def __init__(self, paths: PathLayout, grid: int, patch_grid: tuple[int, int], dim: int):
         super().__init__()
-        self.paths, self.grid, self.patch_grid = paths, grid, patch_grid
+        self.paths, self.grid = paths, grid
         self.position = nn.Parameter(torch.zeros(patch_grid[0] * patch_grid[1], dim))
 
     def forward(self, x: Tensor, vit: ViT, layout: TokenLayout) -> Tensor:
@@ -124,16 +124,10 @@ class GridPositions(nn.Module):
         start, end = layout.num_prefix, layout.num_prefix + layout.num_patches
         # Made here, not kept: a fixed table would be a buffer a meta-device build lacks.
         cells = grid_cell_embedding(layout.grid, self.grid, x.shape[-1], x.device)  # [h*w, D]
-        x[:, self.paths.spatial :, start:end] += cells.to(x.dtype) + self.positions(layout.grid)
+        # The learned table is resampled to another patch grid as the image model's own is.
+        position = resample_pos_embed(self.position[None], layout.grid, num_prefix=0)[0]
+        x[:, self.paths.spatial :, start:end] += cells.to(x.dtype) + position  # [h*w, D]
         return x.flatten(0, 1)
-
-    def positions(self, grid: tuple[int, int]) -> Tensor:
-        """The learned table ``[h*w, D]`` for a patch grid, resampled from the built one."""
-        if grid == self.patch_grid:
-            return self.position
-        table = self.position.T.reshape(1, -1, *self.patch_grid)  # [1, D, h0, w0]
-        table = F.interpolate(table, size=grid, mode="bicubic", align_corners=False)
-        return table.flatten(2)[0].T  # [h*w, D]
 
 
 class SpatialParallel(nn.Module):
