@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from test_model_table import build, video
 
 from vidadapt.cli import main as cli
+from vidadapt.commands.export import export_summary
 from vidadapt.config import load_config
 from vidadapt.engine.build import build_model
 from vidadapt.engine.checkpoint import backbone_fingerprint, save_adapter
@@ -55,6 +56,7 @@ def test_lora_export_is_a_plain_vit_with_the_same_logits(tmp_path):
     exported, classes = load_exported(out)
     assert classes == CLASSES
     assert exported.spec.method == "linear" and not lora_layers(exported)
+    assert export_summary(model.spec, exported.spec).startswith("a plain ViT + head, lora folded")
     torch.testing.assert_close(logits(exported), logits(model), atol=1e-5, rtol=1e-5)
 
     # The file is the plain image model + head: it loads strictly into a model with no method.
@@ -70,6 +72,7 @@ def test_methods_with_modules_export_the_full_state(tmp_path):
     out = export_via_cli(tmp_path, cfg, model)
     exported, _ = load_exported(out)
     assert exported.spec.method == "aim"
+    assert export_summary(model.spec, exported.spec).startswith("aim adds modules that cannot")
     assert load_file(out).keys() == model.state_dict().keys()
     torch.testing.assert_close(logits(exported), logits(model), atol=1e-5, rtol=1e-5)
 
@@ -84,12 +87,12 @@ def test_stacked_lora_folds_and_the_rest_stays(tmp_path):
     torch.testing.assert_close(logits(exported), logits(model), atol=1e-5, rtol=1e-5)
 
 
-def test_zeroi2v_exports_folded_through_the_command(tmp_path, capfd):
+def test_zeroi2v_exports_folded_through_the_command(tmp_path):
     cfg, model = trained_model("zeroi2v")
     out = export_via_cli(tmp_path, cfg, model)
-    said = capfd.readouterr().err
-    assert "the foldable layers of zeroi2v are folded into the frozen weights" in said
     exported, _ = load_exported(out)
+    summary = export_summary(model.spec, exported.spec)  # what the command logs
+    assert summary.startswith("the foldable layers of zeroi2v are folded into the frozen")
     assert exported.spec.options["zeroi2v"]["folded"] is True
     assert not any(".adapter." in n or n.endswith("base.weight") for n in load_file(out))
     torch.testing.assert_close(logits(exported), logits(model), atol=1e-5, rtol=1e-5)

@@ -15,6 +15,7 @@ from ..engine.checkpoint import load_adapter, read_adapter
 from ..engine.logs import setup_logging
 from ..errors import CheckpointError
 from ..export import ONNX_OPSET, PLAIN_METHOD, save_exported, save_onnx
+from ..models import ModelSpec
 
 logger = logging.getLogger("vidadapt")
 
@@ -44,18 +45,19 @@ def run(args: argparse.Namespace) -> int:
                     args.out, Path(args.out).stat().st_size / 1e6)
         return 0
     spec = save_exported(args.out, model, checkpoint.classes)
-    size_mb = Path(args.out).stat().st_size / 1e6
-    if spec.method == PLAIN_METHOD:
-        logger.info("wrote %s (%.1f MB): a plain ViT + head, %s folded into the frozen weights; "
-                    "serving costs what the image model costs", args.out, size_mb,
-                    checkpoint.spec.method)
-    elif spec.options != checkpoint.spec.options or spec.method != checkpoint.spec.method:
-        logger.info("wrote %s (%.1f MB): the foldable layers of %s are folded into the frozen "
-                    "weights; the file holds the full model state with what stays (served as "
-                    "%s, options %s)", args.out, size_mb, checkpoint.spec.method, spec.method,
-                    spec.options)
-    else:
-        logger.info("wrote %s (%.1f MB): %s adds modules that cannot fold into the frozen "
-                    "weights, so the file holds the full model state (backbone + head + %s)",
-                    args.out, size_mb, spec.method, spec.method)
+    logger.info("wrote %s (%.1f MB): %s", args.out, Path(args.out).stat().st_size / 1e6,
+                export_summary(checkpoint.spec, spec))
     return 0
+
+
+def export_summary(trained: ModelSpec, served: ModelSpec) -> str:
+    """What the exported file is, from the trained model's spec and the served one's."""
+    if served.method == PLAIN_METHOD:
+        return (f"a plain ViT + head, {trained.method} folded into the frozen weights; serving "
+                "costs what the image model costs")
+    if (served.method, served.options) != (trained.method, trained.options):
+        return (f"the foldable layers of {trained.method} are folded into the frozen weights; "
+                f"the file holds the full model state with what stays (served as "
+                f"{served.method}, options {served.options})")
+    return (f"{served.method} adds modules that cannot fold into the frozen weights, so the "
+            f"file holds the full model state (backbone + head + {served.method})")
