@@ -41,6 +41,9 @@ SMALL = {
     "tip_adapter": {"finetune": True},
     "side_network": {"temporal_width": 16, "pool_layers": 1},
     "dualpath": {"spatial_frames": 4, "grid": 2},
+    "motion_prompt": {"num_tokens": 2, "width": 16, "deep": True},
+    "sparse_tubes": {"tubes": [{"kernel": [1, 8, 8], "stride": [4, 8, 8], "offset": [1, 0, 0]},
+                               {"kernel": [4, 16, 16], "stride": [4, 16, 16]}]},
 }
 STACKS = [
     "lora+aim", "vpt+aim", "adapter+aim", "mam+prefix", "bitfit+st_adapter", "lora+evl",
@@ -48,7 +51,8 @@ STACKS = [
     "lora+tip_adapter", "aim+efficient_prompt", "lora+actionclip", "vpt+xclip",
     "lora+zeroi2v", "zeroi2v+lora", "zeroi2v+bitfit", "zeroi2v+aim", "prefix+zeroi2v",
     "lora+side_network", "vpt+dualpath", "zeroi2v+evl", "zeroi2v+side_network",
-    "side_network+aim",
+    "side_network+aim", "motion_prompt+vpt", "vpt+motion_prompt", "motion_prompt+aim",
+    "motion_prompt+coop", "sparse_tubes+adapter", "sparse_tubes+lora", "vpt+sparse_tubes",
 ]
 
 
@@ -67,8 +71,10 @@ def build(stack: str, seed: int = 0) -> VideoModel:
     return create_model(stack, BACKBONE, classes=CLASSES, num_frames=FRAMES, **options(stack))
 
 
-def video(batch: int = 3) -> torch.Tensor:
-    return torch.randn(batch, FRAMES, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+def video(batch: int = 3, channels: int = 3) -> torch.Tensor:
+    """Clips of ``channels`` per frame: RGB, then any motion channels the model reads."""
+    return torch.randn(batch, FRAMES, channels, 32, 32,
+                       generator=torch.Generator().manual_seed(7))
 
 
 def fit_cache(model: VideoModel) -> None:
@@ -82,6 +88,7 @@ def fit_cache(model: VideoModel) -> None:
 def test_build_train_save_reload_and_export(stack, tmp_path):
     model = build(stack)
     fit_cache(model)
+    clips = video(channels=model.input_channels)
     tuned = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     counts = model.parameter_counts()
     assert counts["tunable"] == sum(p.numel() for p in tuned.values())
@@ -90,7 +97,7 @@ def test_build_train_save_reload_and_export(stack, tmp_path):
     # One training step: every trainable parameter gets a gradient, and the step moves them.
     model.train()
     labels = torch.tensor([0, 1, 2])
-    logits = model(video())
+    logits = model(clips)
     assert logits.shape == (3, len(CLASSES)) and torch.isfinite(logits).all()
     if tuned:
         loss = (model.loss_fn or F.cross_entropy)(logits, labels)
@@ -106,13 +113,13 @@ def test_build_train_save_reload_and_export(stack, tmp_path):
     # The adapter file rebuilds the same model: same seed, same frozen weights.
     model.eval()
     with torch.no_grad():
-        expected = model(video())
+        expected = model(clips)
     path = tmp_path / "adapter.safetensors"
     save_adapter(path, model, backbone_fingerprint(model), classes=CLASSES)
     rebuilt = build(stack)
     load_adapter(rebuilt, path)
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt.eval()(video()), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rebuilt.eval()(clips), expected, rtol=1e-5, atol=1e-5)
 
     # The exported file serves the same logits without the frozen weights' source.
     exported_path = tmp_path / "model.safetensors"
@@ -120,7 +127,7 @@ def test_build_train_save_reload_and_export(stack, tmp_path):
     served, classes = load_exported(exported_path)
     assert classes == CLASSES
     with torch.no_grad():
-        torch.testing.assert_close(served(video()), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(served(clips), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("stack, message", [
@@ -133,6 +140,12 @@ def test_build_train_save_reload_and_export(stack, tmp_path):
     ("st_adapter+evl", "evl replaces the readout that st_adapter changes"),
     ("linear+coop", "method 'linear' cannot be combined with others"),
     ("aim+aim", "names a method twice"),
+    ("sparse_tubes+aim", "sparse_tubes gives the image model images that are not the clip's "
+                         "frames in time, and aim would relate them"),
+    ("motion_prompt+dualpath", "dualpath gives the image model images that are not the "
+                               "clip's frames in time, and motion_prompt would relate them"),
+    ("sparse_tubes+dualpath", "sparse_tubes and dualpath each give the image model their own "
+                              "inputs"),
 ])
 def test_stacks_whose_stages_do_not_fit_are_refused(stack, message):
     with pytest.raises(ConfigError, match=message):

@@ -27,6 +27,7 @@ import yaml
 from .backbones import PRESETS
 from .data.transforms import TransformConfig
 from .errors import ConfigError
+from .methods.base import Method, motion_read
 from .methods.registry import parse_methods
 
 # ---- sections ---------------------------------------------------------------------------------
@@ -88,6 +89,10 @@ class DataConfig:
     gpu_augment: bool = False  # training: workers decode, crop and flip in uint8 and draw the
     # other augmentation's parameters; colour, RandAugment, normalisation and erasing then run
     # batched on the device in the training step (same distributions, 4x fewer bytes moved)
+    motion: Literal["auto", "none", "rgb_diff", "flow"] = "auto"  # motion maps added to every
+    # clip as channels after RGB (data/motion.py): RGB differences or optical flow of the sampled
+    # frames; auto = what the model's methods read (motion_prompt's `motion`), else none
+    flow_algorithm: Literal["dis", "farneback"] = "dis"  # OpenCV's estimator for motion: flow
     test_clips: int = 3  # temporal clips per video in `vidadapt eval` (1 during training);
     # spatial crops per clip are data.transform.test_crops
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # dataset: synthetic
@@ -159,6 +164,14 @@ class ExperimentConfig:
         if len(methods) == 1 and set(self.method) != {lone}:
             return {lone: methods[0].make_config(self.method)}  # flat, as written
         return {m.name: m.make_config(self.method.get(m.name)) for m in methods}
+
+    def model_motion(self) -> str:
+        """The motion maps the model's methods read ("rgb_diff", "flow"), else "none"."""
+        return motion_read(parse_methods(self.model.method), self.method_configs())
+
+    def data_motion(self) -> str:
+        """``data.motion`` with ``auto`` resolved: the motion every clip carries."""
+        return self.model_motion() if self.data.motion == "auto" else self.data.motion
 
 
 # ---- value checks that types cannot express ---------------------------------------------------
@@ -502,6 +515,20 @@ def _check_model(cfg: ExperimentConfig, where: _Where) -> None:
     except (ConfigError, ValueError, TypeError) as err:
         key = "method" if cfg.method else "model.method"
         raise ConfigError(f"{where.latest(key)}: {key}: {err}") from err
+    _resolve_motion(cfg, methods, where)
+
+
+def _resolve_motion(cfg: ExperimentConfig, methods: list[Method], where: _Where) -> None:
+    """``data.motion`` gives the model the motion its methods read: ``auto`` becomes that, and
+    an explicit value must be it."""
+    wanted = cfg.model_motion()
+    if cfg.data.motion == "auto":
+        cfg.data.motion = wanted
+    elif cfg.data.motion != wanted:
+        reader = next((f"{m.name} reads {wanted} (method.motion)" for m in methods
+                       if m.reads_motion), f"no method of {cfg.model.method} reads motion")
+        raise ConfigError(f"{where('data.motion')}: data.motion: {cfg.data.motion} is not what "
+                          f"the model reads: {reader}; set data.motion: auto")
 
 
 def _plain(value: Any) -> Any:

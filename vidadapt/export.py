@@ -193,8 +193,8 @@ ONNX_TOLERANCE = 1e-4  # largest logit difference to PyTorch accepted when check
 
 
 def save_onnx(model: VideoModel, path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
-    """Trace ``model`` (eval mode) to an ONNX file: input ``video`` ``[batch, T, 3, H, W]``,
-    output ``logits`` ``[batch, C]``, the batch dynamic, LoRA and ZeroI2V's adapters folded
+    """Trace ``model`` (eval mode) to an ONNX file: input ``video`` ``[batch, T, 3, H, W]``
+    (``3 + M`` channels with motion maps, ``data.motion``), output ``logits`` ``[batch, C]``, the batch dynamic, LoRA and ZeroI2V's adapters folded
     in. With onnxruntime installed the file is checked against PyTorch at another batch size (to
     ``ONNX_TOLERANCE``); a model whose traced graph does not hold for other batches (a
     per-clip Python loop: CoCoOp; EVL) is refused in one line, as is one that cannot be traced
@@ -207,7 +207,7 @@ def save_onnx(model: VideoModel, path: str | os.PathLike, opset: int = ONNX_OPSE
     model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(2, frames, 3, size, size, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(2, frames, model.input_channels, size, size, generator=torch.Generator().manual_seed(0))
 
     def export(tmp: Path) -> None:
         with torch.no_grad(), warnings.catch_warnings():
@@ -233,7 +233,8 @@ def _check_onnx(model: VideoModel, path: Path, frames: int, size: int, method: s
         import onnxruntime  # optional: checks the file when installed
     except ImportError:
         return
-    video = torch.randn(3, frames, 3, size, size, generator=torch.Generator().manual_seed(1))
+    video = torch.randn(3, frames, model.input_channels, size, size,
+                        generator=torch.Generator().manual_seed(1))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     try:
         (logits,) = session.run(None, {"video": video.numpy()})

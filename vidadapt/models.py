@@ -23,8 +23,9 @@ from .backbones import ViT
 from .backbones.vit import TokenLayout
 from .checkpoints import create_backbone
 from .clip.towers import Clip, build_clip
+from .data.motion import motion_channels
 from .errors import ConfigError
-from .methods.base import STAGES, Head, Method, MethodParts, Target, Trainable
+from .methods.base import STAGES, Head, Method, MethodParts, Target, Trainable, motion_read
 from .methods.registry import parse_methods
 
 
@@ -165,13 +166,15 @@ class VideoModel(TunableModel):
     """
 
     def __init__(
-        self, backbone: ViT, num_frames: int, parts: MethodParts, frame_pool: str = "mean"
+        self, backbone: ViT, num_frames: int, parts: MethodParts, frame_pool: str = "mean",
+        motion: str = "none",
     ) -> None:
         super().__init__()
         if parts.head is None:
             raise ValueError("a VideoModel needs a head")
         self.backbone = backbone
         self.num_frames = num_frames
+        self.motion = motion  # the motion maps the clips carry after RGB ("none": RGB only)
         self.inputs = parts.inputs
         self.readout = parts.readout
         self.pool_before_norm = parts.pool_before_norm
@@ -185,15 +188,34 @@ class VideoModel(TunableModel):
 
     # ---- stages 1-2: pixels → features ---------------------------------------------------------
 
+    @property
+    def input_channels(self) -> int:
+        """Channels per frame of the clips the model takes: RGB and the motion maps."""
+        return 3 + motion_channels(self.motion)
+
+    def split_motion(self, video: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Clips ``[B, T, 3 + M, H, W]`` → RGB ``[B, T, 3, H, W]`` and motion maps (None for
+        RGB clips)."""
+        if video.shape[2] != self.input_channels:
+            hint = ("set data.motion: auto" if self.motion != "none"
+                    else "leave data.motion at auto")
+            raise ValueError(f"the model takes clips of {self.input_channels} channels per "
+                             f"frame (RGB{'' if self.motion == 'none' else ' + ' + self.motion})"
+                             f", got {video.shape[2]}: {hint}")
+        if self.motion == "none":
+            return video, None
+        return video[:, :, :3], video[:, :, 3:]
+
     def encode(self, video: Tensor) -> tuple[Tensor, list[Tensor], TokenLayout]:
         """The image encoder's last tokens ``[B*T, N, D]``, the outputs of the blocks the
         readout reads, and the token layout."""
         layers = self.readout.layers if self.readout is not None else ()
         # A frozen backbone needs no autograd graph: nothing behind it trains (EVL's premise).
         backbone_trains = any(p.requires_grad for p in self.backbone.parameters())
-        images = video if self.inputs is None else self.inputs(video)  # [B, T', 3, H, W]
+        rgb, motion = self.split_motion(video)
+        images = rgb if self.inputs is None else self.inputs(rgb)  # [B, T', 3, H, W]
         with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
-            return self.backbone.forward_tokens(images, layers)
+            return self.backbone.forward_tokens(images, layers, motion)
 
     def read(self, tokens: Tensor, collected: list[Tensor], layout: TokenLayout,
              video: Tensor) -> Tensor:
@@ -201,7 +223,7 @@ class VideoModel(TunableModel):
         temporal stage fuses them. A method's readout also gets the input ``video`` (a side
         network reads the pixels as well as the blocks' outputs)."""
         if self.readout is not None:
-            return self.readout(collected, layout, video)
+            return self.readout(collected, layout, self.split_motion(video)[0])
         proj = self.backbone.proj  # CLIP's joint-space projection; None for a linear head
         cls = tokens[:, 0].view(layout.batch, layout.frames, -1)  # [B, T, D]
         if self.pool_before_norm:
@@ -317,7 +339,7 @@ def create_model(
         parts.head = linear
         trainable = {"head": [linear], **trainable}
     frame_pool = text_cfg.temporal_pool if text_cfg is not None else "mean"
-    model = VideoModel(vit, num_frames, parts, frame_pool)
+    model = VideoModel(vit, num_frames, parts, frame_pool, motion_read(methods, configs))
     model.set_trainable(trainable)
     model.spec = ModelSpec(
         method="+".join(configs),
@@ -375,6 +397,9 @@ def _check_images_are_frames(methods: list[Method], applied: dict[str, MethodPar
     them to be the clip's frames, which DualPath's frames and grids are not."""
     timed = [m.name for m in methods if m.across_frames]
     others = [name for name, p in applied.items() if not p.inputs_are_frames]
+    if len(others) > 1:
+        raise ConfigError(f"{others[0]} and {others[1]} each give the image model their own "
+                          "inputs in place of the clip's frames; stack at most one of them")
     if others and timed:
         raise ConfigError(f"{others[0]} gives the image model images that are not the clip's "
                           f"frames in time, and {' and '.join(timed)} would relate them as "

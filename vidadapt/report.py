@@ -35,9 +35,14 @@ def count_flops(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
     return out, counter.get_total_flops()
 
 
-def measure(model: torch.nn.Module, frames: int, image_size: int) -> int:
+def one_view(model: VideoModel, frames: int, image_size: int) -> Tensor:
+    """An empty clip of the model's input: RGB and any motion channels it reads."""
+    return torch.empty(1, frames, model.input_channels, image_size, image_size)
+
+
+def measure(model: VideoModel, frames: int, image_size: int) -> int:
     """FLOPs of one forward over one view."""
-    return count_flops(model, torch.empty(1, frames, 3, image_size, image_size))[1]
+    return count_flops(model, one_view(model, frames, image_size))[1]
 
 
 def measure_text_head(model: VideoModel, frames: int, image_size: int) -> tuple[int, int]:
@@ -51,7 +56,7 @@ def measure_text_head(model: VideoModel, frames: int, image_size: int) -> tuple[
     # Classes first: it also refreshes embeddings that a forward would otherwise recompute
     # once (ActionCLIP's, after its tuned text tower switches to eval).
     _, class_set = count_flops(model.set_classes, model.head.classes)
-    video = torch.empty(1, frames, 3, image_size, image_size)
+    video = one_view(model, frames, image_size)
     (features, context), image = count_flops(features_and_context, model, video)
     _, one = count_flops(model.classify, features, context)
     _, two = count_flops(model.classify, _twice(features), _twice(context))

@@ -8,6 +8,10 @@ Extension sites
 Methods never subclass or copy the ViT. They attach small modules to named sites (lists that
 are empty by default, so the plain model runs the plain ViT):
 
+``ViT.video_tokenizer``   at most one module that replaces the per-frame patch embedding by a
+                          tokenisation of the whole clip: ``tokenizer(video [B, T, 3, H, W],
+                          vit) -> (tokens [B, N, D], layout)``, one sequence per clip (sparse
+                          tubes).
 ``ViT.embed_sites``       after patch + position embedding, before ``norm_pre``; may change the
                           token sequence (VPT-shallow prompts, AIM's temporal embedding).
 ``Block.pre_attn``        on the residual stream before ``norm1`` (ST-Adapter, AIM's temporal
@@ -86,6 +90,8 @@ class TokenLayout:
     grid: tuple[int, int]  # (h, w) patches per frame
     num_prefix: int = 1  # tokens before the patches (CLS + registers + prompts)
     num_suffix: int = 0  # tokens after the patches (e.g. X-CLIP message tokens)
+    motion: Tensor | None = None  # [B*T, M, H, W] each image's motion map, when the clips
+    # carry motion channels for a method that reads them (``data.motion``, motion prompts)
     extras: dict = field(default_factory=dict)  # per-forward scratch space for methods
 
     @property
@@ -238,7 +244,7 @@ class Block(nn.Module):
 
 
 # Names of the module lists that hold methods' modules (see the module docstring).
-EXTENSION_SITES = frozenset({"embed_sites", "kv_sites", *Block.SITES})
+EXTENSION_SITES = frozenset({"video_tokenizer", "embed_sites", "kv_sites", *Block.SITES})
 
 
 def has_site_modules(model: nn.Module) -> bool:
@@ -291,6 +297,7 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.proj = nn.Parameter(torch.zeros(D, cfg.embed_dim)) if cfg.embed_dim else None
+        self.video_tokenizer = nn.ModuleList()  # empty, or the one module tokenising clips
         self.embed_sites = nn.ModuleList()
         self.checkpointed_blocks = 0  # leading blocks recomputed in backward (a runtime setting)
         self.reset_parameters()
@@ -352,9 +359,10 @@ class ViT(nn.Module):
         return x
 
     def forward_tokens(
-        self, x: Tensor, layers: Sequence[int] = ()
+        self, x: Tensor, layers: Sequence[int] = (), motion: Tensor | None = None
     ) -> tuple[Tensor, list[Tensor], TokenLayout]:
-        """Run the encoder on images or videos.
+        """Run the encoder on images or videos (and, for the sites that read it, each image's
+        motion map ``[B, T, M, H, W]``, in ``layout.motion``).
 
         Returns the last block's tokens ``[B*T, N, D]`` (before the final norm), the outputs of
         the blocks listed in ``layers`` (same shape), and the final token layout.
@@ -363,8 +371,12 @@ class ViT(nn.Module):
             x = x.unsqueeze(1)  # [B, 1, 3, H, W]
         B, T, C, H, W = x.shape
         p = self.cfg.patch_size
-        layout = TokenLayout(batch=B, frames=T, grid=(H // p, W // p))
-        tokens = self.embed(x.reshape(B * T, C, H, W), layout)  # [B*T, N, D]
+        if len(self.video_tokenizer):  # a method's tokens for the whole clip (sparse tubes)
+            tokens, layout = self.video_tokenizer[0](x, self)  # [B, N, D]
+        else:
+            layout = TokenLayout(batch=B, frames=T, grid=(H // p, W // p))
+            tokens = self.embed(x.reshape(B * T, C, H, W), layout)  # [B*T, N, D]
+        layout.motion = None if motion is None else motion.flatten(0, 1)
         for site in self.embed_sites:
             tokens = site(tokens, self, layout)
         tokens = self.norm_pre(tokens)

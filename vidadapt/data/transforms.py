@@ -12,7 +12,7 @@ Geometric and colour transforms keep uint8; :class:`Normalize` turns the clip in
 from a :class:`TransformConfig`.
 
 The appearance steps (colour jitter, RandAugment, normalisation, erasing) are
-:class:`BatchTransform`\ s: their ops take a batch ``[B, T, 3, H, W]`` with one amount per
+:class:`BatchTransform` steps: their ops take a batch ``[B, T, 3, H, W]`` with one amount per
 clip, and drawing the parameters is apart from applying them. With ``data.gpu_augment`` the
 worker only draws them (:class:`DrawPlans`) and the training step applies them to the batch on
 the device (:class:`DeviceAugment`): the same code on the same draws as the worker path.
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from .motion import MOTION_SCALE, MOTION_ZERO, MotionMaps, motion_channels
 
 Generator = torch.Generator | None
 
@@ -641,18 +642,21 @@ class RandAugment(BatchTransform):
 
 
 class Normalize(BatchTransform):
-    """uint8 → float: ``(x / 255 − mean) / std`` with a preset of :data:`NORMALIZATION`."""
+    """uint8 → float: ``(x / 255 − mean) / std`` with a preset of :data:`NORMALIZATION`, and
+    ``(x − 128) / 127.5`` on the ``motion_channels`` after RGB (``data.motion``)."""
 
-    def __init__(self, preset: str = "clip"):
+    def __init__(self, preset: str = "clip", motion_channels: int = 0):
         if preset not in NORMALIZATION:
             raise ConfigError(
                 f"unknown normalisation {preset!r}; choose one of {', '.join(NORMALIZATION)}"
             )
-        self.preset = preset
+        self.preset, self.motion_channels = preset, motion_channels
         mean, std = NORMALIZATION[preset]
+        mean = torch.tensor([*mean, *[MOTION_ZERO / 255] * motion_channels])
+        std = torch.tensor([*std, *[MOTION_SCALE / 255] * motion_channels])
         # As one multiply-add per value: x · 1/(255 std) − mean/std.
-        self.scale = 1 / (255 * torch.tensor(std)).view(3, 1, 1)
-        self.shift = -(torch.tensor(mean) / torch.tensor(std)).view(3, 1, 1)
+        self.scale = 1 / (255 * std).view(-1, 1, 1)
+        self.shift = -(mean / std).view(-1, 1, 1)
 
     def draw(self, clip: Tensor, generator: Generator = None) -> None:
         return None
@@ -662,7 +666,27 @@ class Normalize(BatchTransform):
         return torch.addcmul(shift, clips.float(), scale)
 
     def __repr__(self) -> str:
-        return f"Normalize({self.preset!r})"
+        motion = f", motion_channels={self.motion_channels}" if self.motion_channels else ""
+        return f"Normalize({self.preset!r}{motion})"
+
+
+class RGBOnly(BatchTransform):
+    """Runs ``step`` on the RGB channels of clips that carry motion channels after them
+    (``data.motion``) and passes those through: colour changes, RandAugment and erasing alter
+    the frames, not their motion maps, which stay those of the cropped and flipped frames."""
+
+    def __init__(self, step: BatchTransform):
+        self.step = step
+
+    def draw(self, clip: Tensor, generator: Generator = None) -> Any:
+        return self.step.draw(clip[..., :3, :, :], generator)
+
+    def apply_batch(self, clips: Tensor, plans: Sequence) -> Tensor:
+        rgb = self.step.apply_batch(clips[..., :3, :, :], plans)
+        return torch.cat([rgb, clips[..., 3:, :, :].to(rgb.dtype)], dim=-3)
+
+    def __repr__(self) -> str:
+        return f"RGBOnly({self.step!r})"
 
 
 class RandomErasing(BatchTransform):
@@ -773,35 +797,44 @@ class TransformConfig:
             )
 
 
-def appearance_steps(config: TransformConfig) -> list[BatchTransform]:
+def appearance_steps(config: TransformConfig, motion_channels: int = 0) -> list[BatchTransform]:
     """The training steps after the crop and flip: colour, RandAugment, normalisation, erasing
-    (in the worker, or batched on the device with ``data.gpu_augment``)."""
+    (in the worker, or batched on the device with ``data.gpu_augment``). With motion channels
+    after RGB, all but the normalisation leave them alone."""
     steps: list[BatchTransform] = []
     if config.color_jitter is not None:
         steps.append(ColorJitter(*config.color_jitter))
     if config.rand_augment is not None:
         steps.append(RandAugment(*config.rand_augment))
-    steps.append(Normalize(config.normalize))
+    steps.append(Normalize(config.normalize, motion_channels))
     if config.random_erasing > 0:
         steps.append(RandomErasing(config.random_erasing))
+    if motion_channels:
+        steps = [s if isinstance(s, Normalize) else RGBOnly(s) for s in steps]
     return steps
 
 
-def build_transform(config: TransformConfig, train: bool, defer: bool = False) -> Compose:
+def build_transform(config: TransformConfig, train: bool, defer: bool = False,
+                    motion: MotionMaps | None = None) -> Compose:
     """The pipeline ``(uint8 clip [T, 3, H, W], label) -> (clip, label)``.
 
     Training returns one float clip ``[T, 3, size, size]``, or with ``defer`` a
     :class:`PlannedClip`: the cropped and flipped uint8 clip and the drawn parameters of the
     :func:`appearance_steps`, which :func:`device_augment` applies to the batch. Testing returns
     a list of ``config.test_crops`` float clips (the spatial views whose scores are averaged).
+    With ``motion`` (``data.motion``) every clip gets its motion maps as channels after RGB,
+    ``[T, 3 + M, size, size]``, computed from the cropped and flipped frames.
     """
     config.validate()
+    added = [] if motion is None else [motion]
+    channels = 0 if motion is None else motion_channels(motion.kind)
     if not train:
         return Compose(
             [
                 Resize(config.test_short_side or config.size),
                 SpatialViews(config.size, config.test_crops),
-                Normalize(config.normalize),
+                *added,
+                Normalize(config.normalize, channels),
                 SplitViews(),
             ]
         )
@@ -813,14 +846,14 @@ def build_transform(config: TransformConfig, train: bool, defer: bool = False) -
     steps = [Resize(config.short_side), crops[config.crop]]
     if config.flip:
         steps.append(RandomHorizontalFlip(0.5, config.label_swap))
-    appearance = appearance_steps(config)
-    steps += [DrawPlans(appearance)] if defer else appearance
+    appearance = appearance_steps(config, channels)
+    steps += added + ([DrawPlans(appearance)] if defer else appearance)
     return Compose(steps)
 
 
-def device_augment(config: TransformConfig) -> DeviceAugment:
+def device_augment(config: TransformConfig, motion_channels: int = 0) -> DeviceAugment:
     """What a training step applies to a deferred batch (``build_transform(defer=True)``)."""
-    return DeviceAugment(appearance_steps(config))
+    return DeviceAugment(appearance_steps(config, motion_channels))
 
 
 # ---------------------------------------------------------------------------------------------

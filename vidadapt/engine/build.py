@@ -15,10 +15,11 @@ from ..config import DataConfig, ExperimentConfig
 from ..data.annotations import Annotation, load_annotation
 from ..data.dataset import VideoDataset, default_reader
 from ..data.decode import InMemoryReader
+from ..data.motion import MotionMaps, motion_channels
 from ..data.sampling import DenseSampler, FrameSampler, UniformSampler
 from ..data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from ..data.synthetic import make_synthetic
-from ..data.transforms import build_transform
+from ..data.transforms import DeviceAugment, build_transform, device_augment
 from ..errors import ConfigError
 from ..methods.registry import get_method
 from ..models import VideoModel, create_model
@@ -167,12 +168,26 @@ def video_dataset(
     ``views`` = (clips, crops) test views per video."""
     clips, crops = (1, 1) if train else views
     transform = build_transform(replace(cfg.data.transform, test_crops=crops), train,
-                                defer=train and cfg.data.gpu_augment)
+                                defer=train and cfg.data.gpu_augment, motion=motion_maps(cfg))
     reader = default_reader(annotation, cfg.data.reader, cfg.data.decode_device)
     if cfg.data.cache_videos:
         reader = InMemoryReader(reader)
     return VideoDataset(annotation, frame_sampler(cfg, clips), transform, reader, train=train,
                         seed=cfg.train.seed, max_retries=max_retries)
+
+
+def training_device_augment(cfg: ExperimentConfig) -> DeviceAugment | None:
+    """What the training step applies to each batch on the device with ``data.gpu_augment``
+    (None without it)."""
+    if not cfg.data.gpu_augment:
+        return None
+    return device_augment(cfg.data.transform, motion_channels(cfg.data_motion()))
+
+
+def motion_maps(cfg: ExperimentConfig) -> MotionMaps | None:
+    """The pipeline step adding the motion the model reads (``data.motion``), if any."""
+    kind = cfg.data_motion()
+    return None if kind == "none" else MotionMaps(kind, cfg.data.flow_algorithm)
 
 
 def build_dataset(

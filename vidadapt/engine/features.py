@@ -37,8 +37,9 @@ from torch.utils.data import Dataset
 
 from ..config import ExperimentConfig
 from ..data.dataset import SkipReport, VideoDataset
-from ..data.transforms import DeviceAugment, device_augment
+from ..data.transforms import DeviceAugment
 from ..models import VideoModel
+from .build import training_device_augment
 from .checkpoint import atomic_write, backbone_fingerprint
 from .data import ShardedSampler, make_loader, video_on_device
 from .distributed import DistInfo, all_gather_objects, barrier
@@ -161,7 +162,8 @@ def probe_features(model: VideoModel, num_frames: int, image_size: int) -> Tenso
     """``video_features`` of a fixed random clip: any change of the feature function (weights,
     pooling, projection) changes them."""
     generator = torch.Generator().manual_seed(PROBE_SEED)
-    clip = torch.randn(1, num_frames, 3, image_size, image_size, generator=generator)
+    clip = torch.randn(1, num_frames, model.input_channels, image_size, image_size,
+                       generator=generator)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -248,8 +250,7 @@ def cached_features(
     else:
         per_forward = max(cfg.data.batch_size // dist.world_size, 1) if train \
             else cfg.data.eval_batch_size
-        augment = device_augment(cfg.data.transform) if train and cfg.data.gpu_augment \
-            else None
+        augment = training_device_augment(cfg) if train else None
         features, labels = encode_views(model, dataset, epochs, per_forward,
                                         cfg.data.num_workers, cfg.train.seed, device, amp_dtype,
                                         dist, augment)

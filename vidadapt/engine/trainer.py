@@ -32,9 +32,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..config import ExperimentConfig
-from ..data.transforms import device_augment
 from ..errors import CheckpointError, ConfigError, Interrupted, UserError
 from ..models import VideoModel
+from .build import training_device_augment
 from .checkpoint import (
     backbone_fingerprint,
     load_resume_state,
@@ -145,7 +145,7 @@ class Trainer:
             )
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         # data.gpu_augment: the end of the training transform runs here, on the batch
-        self.device_augment = device_augment(cfg.data.transform) if cfg.data.gpu_augment else None
+        self.device_augment = training_device_augment(cfg)
         if trains_on_features(cfg, model):  # a frozen image encoder runs once per view
             train_set, val_set = feature_datasets(cfg, self.model, train_set, val_set,
                                                   self.device, self.amp_dtype, self.dist)

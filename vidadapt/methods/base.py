@@ -48,8 +48,9 @@ class MethodParts:
     # method's new modules and any existing module or parameter it unfreezes
     inputs: nn.Module | None = None  # the images the image model encodes, from the clips:
     # ``inputs(video [B, T, 3, H, W]) -> [B, T', 3, H, W]`` (DualPath: frames and frame grids)
-    inputs_are_frames: bool = True  # False: those images are not the clip's frames in order
-    # (DualPath's), so methods that relate frames in time (Method.across_frames) cannot stack
+    inputs_are_frames: bool = True  # False: the image model's token sequences are not the
+    # clip's frames in order (DualPath's frames and grids, sparse tubes' one sequence per
+    # clip), so methods that relate frames in time (Method.across_frames) cannot stack
     readout: nn.Module | None = None  # replaces the class-token readout: ``readout(collected,
     # layout, video) -> [B, D]`` on the outputs of the blocks in its ``layers`` and the input
     # clips (EVL's decoder, the side network)
@@ -108,6 +109,9 @@ class Method:
     # (``folding.FoldableLinear``); returning None means nothing of it remains (LoRA). A method
     # without it is exported as it trained.
     export_as: Callable[[Any], Any | None] | None = None
+    # The motion maps the method reads given its options ("rgb_diff", "flow"; None: none):
+    # the data pipeline adds them to every clip as channels after RGB (``data.motion``).
+    reads_motion: Callable[[Any], str | None] | None = None
 
     @property
     def classifies_with_text(self) -> bool:
@@ -131,3 +135,9 @@ class Method:
                     f"method {self.name!r} has no option {key!r}{hint} valid options: {valid}"
                 )
         return self.config_cls(**options)
+
+
+def motion_read(methods: Sequence[Method], configs: dict[str, Any]) -> str:
+    """The motion maps a stack's methods read, given their configs by name ("none" if none)."""
+    kinds = [m.reads_motion(configs[m.name]) for m in methods if m.reads_motion]
+    return next((kind for kind in kinds if kind), "none")

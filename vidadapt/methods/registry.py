@@ -64,8 +64,10 @@ from . import (
     efficient_prompt,
     evl,
     lora,
+    motion_prompt,
     prefix,
     side_network,
+    sparse_tubes,
     st_adapter,
     tip_adapter,
     vpt,
@@ -81,7 +83,8 @@ METHODS: dict[str, Method] = {
         # on the image backbone
         baselines.LINEAR, baselines.FULL, aim.METHOD, st_adapter.METHOD, evl.METHOD,
         vpt.METHOD, lora.METHOD, prefix.METHOD, adapters.ADAPTER, adapters.MAM, bitfit.METHOD,
-        zeroi2v.METHOD, side_network.METHOD, dualpath.METHOD,
+        zeroi2v.METHOD, side_network.METHOD, dualpath.METHOD, motion_prompt.METHOD,
+        sparse_tubes.METHOD,
         # with CLIP's text tower as the classifier
         zero_shot.METHOD, coop.METHOD, cocoop.METHOD, clip_adapter.METHOD, tip_adapter.METHOD,
         efficient_prompt.METHOD, actionclip.METHOD, xclip.METHOD,
