@@ -76,6 +76,12 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "side_network": ("side_network.yaml", [], "side network, DiST's form"),
     # 8 frames + two 2x2 grids of them at ViT-B/16: the images of the paper's 8 + 32/16
     "dualpath": ("dualpath.yaml", ["method.grid=2"], "DualPath"),
+    # Motion as a second modality: per-frame prompts from the RGB difference or optical flow.
+    "motion_prompt": ("motion_prompt.yaml", [], "motion prompts, RGB differences"),
+    "motion_prompt_flow": ("motion_prompt.yaml", ["method.motion=flow"],
+                           "motion prompts, optical flow"),
+    "motion_prompt_vpt": ("motion_prompt_vpt.yaml", [], "motion prompts + VPT-deep"),
+    "sparse_tubes": ("sparse_tubes.yaml", [], "sparse tubes (TubeViT)"),
     # CLIP methods: class embeddings from the text tower (the synthetic CLIP, _clip_.yaml).
     # Frames averaged, then compared with text:
     "zero_shot": ("zero_shot.yaml", [], "zero-shot CLIP"),
@@ -87,6 +93,17 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "efficient_prompt": ("efficient_prompt.yaml", [], "efficient prompting, Ju et al."),
     "actionclip": ("actionclip.yaml", [], "ActionCLIP"),
     "xclip": ("xclip.yaml", [], "X-CLIP"),
+}
+
+
+# method.* options for the ViT-B/16 counts only, where a method's defaults do not fit 8 frames:
+# TubeViT's tube shapes with strides fitted to 8 frames (its own are for 32), 49 + 49 + 98 +
+# 196 = 392 tokens per clip against 8 x 196.
+AT_VIT_B16: dict[str, list[str]] = {
+    "sparse_tubes": [
+        "method.tubes=[{kernel: [8, 8, 8], stride: [16, 32, 32]}, {kernel: [8, 4, 4], stride: "
+        "[8, 32, 32], offset: [0, 8, 8]}, {kernel: [4, 12, 12], stride: [4, 32, 32], offset: "
+        "[0, 16, 16]}, {kernel: [1, 16, 16], stride: [8, 16, 16]}]"],
 }
 
 
@@ -113,7 +130,7 @@ def vit_b16_counts(recipe: str, overrides: list[str]) -> dict:
     """Parameters and FLOPs of the row's method on ViT-B/16, with the method's default options
     plus the variant's overrides (the synthetic recipe's widths suit a 4-block tiny ViT only)."""
     method = load_config(CONFIGS / recipe).model.method
-    options = method_overrides(overrides, [method])
+    options = method_overrides([*overrides, *AT_VIT_B16.get(method, [])], [method])
     report = model_report(method, BACKBONE, NUM_CLASSES, FRAMES, IMAGE_SIZE, options=options)
     return {"tunable_params": report["tunable_params"], "total_params": report["total_params"],
             "gflops_per_view": round(report["gflops_per_view"], 1)}
