@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from vidadapt.data.transforms import (
 from vidadapt.errors import ConfigError
 from vidadapt.methods.motion_prompt import EXTRAS_KEY
 from vidadapt.models import create_model
+from vidadapt.report import model_report
 
 cv2 = pytest.importorskip("cv2")
 
@@ -233,3 +235,25 @@ def test_motion_prompts_learn_what_single_frames_cannot_tell():
     with_motion = fit("motion_prompt", train, val, num_tokens=2, width=32)
     assert frame_only < 0.7
     assert with_motion >= 0.9
+
+
+def test_vit_b16_counts():
+    """Defaults: a 2 -> 64 channel patch convolution (3 -> 64 for RGB differences), a 3x3
+    convolution, positions, 4 queries, two norms and one projection to 768 with 4 prompts;
+    deep adds a projection and prompts per later block."""
+    report = model_report("motion_prompt", "vit_b16_clip", 400, 8, 224)
+    encoder = (3 * 64 * 256 + 64) + (64 * 64 * 9 + 64) + 196 * 64 + 4 * 64 + 2 * 2 * 64
+    projection = 4 * 768 + 64 * 768 + 768
+    assert report["tunable_by_part"] == {"head": 307_600, "motion_prompt": encoder + projection}
+    assert encoder + projection == 152_192
+    recipe = model_report("motion_prompt", "vit_b16_clip", 400, 8, 224, options={
+        "motion_prompt": {"deep": True, "num_tokens": 8, "width": 128}})
+    assert recipe["tunable_by_part"]["motion_prompt"] == 1_535_232
+    assert round(report["gflops_per_view"], 1) == 287.2
+
+
+def test_flow_without_opencv_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 -> ImportError
+    with pytest.raises(ConfigError, match=r"flow needs OpenCV: pip install 'vidadapt\[flow\]'"):
+        MotionMaps("flow")
+    MotionMaps("rgb_diff")  # needs nothing

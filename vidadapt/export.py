@@ -194,11 +194,11 @@ ONNX_TOLERANCE = 1e-4  # largest logit difference to PyTorch accepted when check
 
 def save_onnx(model: VideoModel, path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
     """Trace ``model`` (eval mode) to an ONNX file: input ``video`` ``[batch, T, 3, H, W]``
-    (``3 + M`` channels with motion maps, ``data.motion``), output ``logits`` ``[batch, C]``, the batch dynamic, LoRA and ZeroI2V's adapters folded
-    in. With onnxruntime installed the file is checked against PyTorch at another batch size (to
-    ``ONNX_TOLERANCE``); a model whose traced graph does not hold for other batches (a
-    per-clip Python loop: CoCoOp; EVL) is refused in one line, as is one that cannot be traced
-    at all."""
+    (``3 + M`` channels with motion maps, ``data.motion``), output ``logits`` ``[batch, C]``,
+    the batch dynamic, LoRA and ZeroI2V's adapters folded in. With onnxruntime installed the
+    file is checked against PyTorch at another batch size (to ``ONNX_TOLERANCE``); a model whose
+    traced graph does not hold for other batches (a per-clip Python loop: CoCoOp; EVL) is
+    refused in one line, as is one that cannot be traced at all."""
     spec = model.spec
     method = spec.method if spec else "this model"
     frames, size = (spec.num_frames, spec.image_size) if spec else (model.num_frames, 224)
@@ -207,7 +207,8 @@ def save_onnx(model: VideoModel, path: str | os.PathLike, opset: int = ONNX_OPSE
     model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(2, frames, model.input_channels, size, size, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(2, frames, model.input_channels, size, size,
+                          generator=torch.Generator().manual_seed(0))
 
     def export(tmp: Path) -> None:
         with torch.no_grad(), warnings.catch_warnings():

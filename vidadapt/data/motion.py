@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import get_worker_info
 
 from ..errors import ConfigError
 
@@ -68,6 +69,7 @@ class OpticalFlow:
         if algorithm not in FLOW_ALGORITHMS:
             raise ConfigError(f"unknown flow algorithm {algorithm!r}; choose one of "
                               f"{', '.join(FLOW_ALGORITHMS)}")
+        _opencv()  # a missing OpenCV fails here, in the main process, not in a worker
         self.algorithm, self.cache_mb = algorithm, cache_mb
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cached_bytes = 0
@@ -128,6 +130,8 @@ def _opencv() -> Any:
     except ImportError as err:
         raise ConfigError("data.motion: flow needs OpenCV: pip install 'vidadapt[flow]' (or "
                           "opencv-python-headless), or use data.motion: rgb_diff") from err
+    if get_worker_info() is not None:  # loader workers run side by side: one thread each, as
+        cv2.setNumThreads(1)  # torch gives them
     return cv2
 
 
