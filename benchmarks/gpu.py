@@ -60,7 +60,8 @@ REPO = Path(__file__).resolve().parent.parent
 TRAIN_GROUPS = {
     8: [["full", "full_aim", "aim_stj", "aim_stj_ckpt", "aim_stj_ckpt11", "aim_stj_ckpt10",
          "st_adapter", "evl", "lora", "vpt", "adapter", "prefix"],
-        ["full", "aim_stj", "zeroi2v", "side_network", "dualpath"]],
+        ["full", "aim_stj", "zeroi2v", "side_network", "dualpath", "motion_prompt",
+         "sparse_tubes"]],
     32: [["full", "aim_stj", "aim_stj_ckpt", "aim_stj_ckpt10"],
          ["full", "st_adapter", "evl", "lora"],
          ["full", "aim_stj", "zeroi2v", "side_network", "dualpath"]],

@@ -37,6 +37,7 @@ from vidadapt.engine.distributed import DistInfo
 from vidadapt.engine.evaluation import evaluate_config
 from vidadapt.engine.experiment import train_experiment
 from vidadapt.engine.logs import setup_logging
+from vidadapt.methods.sparse_tubes import TUBES_8_FRAMES
 from vidadapt.report import model_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,15 +97,8 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
 }
 
 
-# method.* options for the ViT-B/16 counts only, where a method's defaults do not fit 8 frames:
-# TubeViT's tube shapes with strides fitted to 8 frames (its own are for 32), 49 + 49 + 98 +
-# 196 = 392 tokens per clip against 8 x 196.
-AT_VIT_B16: dict[str, list[str]] = {
-    "sparse_tubes": [
-        "method.tubes=[{kernel: [8, 8, 8], stride: [16, 32, 32]}, {kernel: [8, 4, 4], stride: "
-        "[8, 32, 32], offset: [0, 8, 8]}, {kernel: [4, 12, 12], stride: [4, 32, 32], offset: "
-        "[0, 16, 16]}, {kernel: [1, 16, 16], stride: [8, 16, 16]}]"],
-}
+# Options for the ViT-B/16 counts only, where a method's defaults do not fit 8 frames.
+AT_VIT_B16: dict[str, dict] = {"sparse_tubes": {"tubes": TUBES_8_FRAMES}}
 
 
 def parse_args() -> argparse.Namespace:
@@ -130,7 +124,7 @@ def vit_b16_counts(recipe: str, overrides: list[str]) -> dict:
     """Parameters and FLOPs of the row's method on ViT-B/16, with the method's default options
     plus the variant's overrides (the synthetic recipe's widths suit a 4-block tiny ViT only)."""
     method = load_config(CONFIGS / recipe).model.method
-    options = method_overrides([*overrides, *AT_VIT_B16.get(method, [])], [method])
+    options = {**AT_VIT_B16.get(method, {}), **method_overrides(overrides, [method])}
     report = model_report(method, BACKBONE, NUM_CLASSES, FRAMES, IMAGE_SIZE, options=options)
     return {"tunable_params": report["tunable_params"], "total_params": report["total_params"],
             "gflops_per_view": round(report["gflops_per_view"], 1)}

@@ -57,6 +57,7 @@ from vidadapt.engine.compiled import (
 from vidadapt.engine.optim import build_optimizer
 from vidadapt.engine.trainer import autocast_dtype, classification_loss
 from vidadapt.methods.registry import METHODS
+from vidadapt.methods.sparse_tubes import TUBES_8_FRAMES
 from vidadapt.models import VideoModel, create_model
 from vidadapt.report import measure
 
@@ -93,6 +94,9 @@ VARIANTS = {
     "side_network": Variant("side_network"),  # DiST's form; no backward through the backbone
     # 8 frames as they are plus two 2x2 grids of them (10 images, as the paper's 8 + 32/16)
     "dualpath": Variant("dualpath", {"spatial_frames": 8, "grid": 2}),
+    # the recipes' setting: RGB differences, 8 prompts per frame before every block
+    "motion_prompt": Variant("motion_prompt", {"deep": True, "num_tokens": 8, "width": 128}),
+    "sparse_tubes": Variant("sparse_tubes", {"tubes": TUBES_8_FRAMES}),  # 392 tokens per clip
 }
 REFERENCE = "full"  # ratios are to full fine-tuning
 
@@ -120,7 +124,8 @@ def step_flops(variant: Variant, shape: Shape) -> tuple[float, float]:
     with torch.device("meta"):
         model = build(variant, shape)
         per_view = measure(model.eval(), shape.frames, shape.image_size)
-        video = torch.empty(shape.batch, shape.frames, 3, shape.image_size, shape.image_size)
+        video = torch.empty(shape.batch, shape.frames, model.input_channels, shape.image_size,
+                            shape.image_size)
         with FlopCounterMode(display=False) as counter:
             model.train()(video).sum().backward()
     return per_view, counter.get_total_flops()
@@ -179,8 +184,8 @@ def run_worker(conn, variant: Variant, shape: Shape, device_name: str, mode: Com
     optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05)  # fused on CUDA
     amp = autocast_dtype("bf16", device)  # bf16 on CUDA, fp32 on CPU
     forward = training_forward(model, mode, amp, distributed=False)
-    video = torch.randn(shape.batch, shape.frames, 3, shape.image_size, shape.image_size,
-                        device=device)
+    video = torch.randn(shape.batch, shape.frames, model.input_channels, shape.image_size,
+                        shape.image_size, device=device)
     labels = torch.randint(shape.num_classes, (shape.batch,), device=device)
     per_view, per_step = step_flops(variant, shape)
     counts = model.parameter_counts()

@@ -113,7 +113,7 @@ def test_export_refuses_files_it_did_not_write(tmp_path):
 
 
 ONNX_CAN = ["linear", "lora", "aim", "st_adapter", "vpt", "coop", "xclip", "lora+coop", "zeroi2v",
-            "lora+zeroi2v", "side_network", "dualpath"]
+            "lora+zeroi2v", "side_network", "dualpath", "motion_prompt", "sparse_tubes"]
 
 
 @pytest.mark.parametrize("stack", ONNX_CAN)
@@ -123,7 +123,7 @@ def test_onnx_export_matches_pytorch_at_any_batch(stack, tmp_path):
     path = save_onnx(model, tmp_path / "model.onnx")  # checked at batch 3 inside
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 4):
-        clips = video(batch)
+        clips = video(batch, model.input_channels)
         (logits,) = session.run(None, {"video": clips.numpy()})
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(logits), model(clips), rtol=1e-4,

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vidadapt.cli import main
+from vidadapt.methods.sparse_tubes import TUBES_8_FRAMES
 from vidadapt.models import create_model
 from vidadapt.report import count_flops
 
@@ -117,3 +118,21 @@ def test_clip_vit_b16_counts_match_clip_and_hf_xclip(capsys):
     xclip = info(capsys, "--method", "xclip")
     assert xclip["total_params"] == 194_929_153
     assert xclip["tunable_params"] == 194_929_153 - 149_620_737  # both towers frozen
+
+
+def test_motion_prompts_and_sparse_tubes(capsys):
+    """Both count from the command line: motion prompts over clips with their motion channels,
+    sparse tubes as one sequence per clip (a third of the plain ViT's cost at 4x the frames)."""
+    motion = info(capsys, "--method", "motion_prompt", "--set", "method.motion=flow")
+    assert motion["tunable_by_part"] == {"head": 307_600, "motion_prompt": 152_192 - 64 * 256}
+    tubes = info(capsys, "--method", "sparse_tubes", "--frames", "32")
+    plain = info(capsys, "--method", "linear", "--frames", "8")
+    assert tubes["tunable_by_part"] == {"head": 307_600, "sparse_tubes": 129_024}
+    assert tubes["gflops_per_view"] < 0.4 * plain["gflops_per_view"]
+    assert round(tubes["gflops_per_view"], 1) == 103.5
+    # The README's rows beside it: TubeViT's shapes fitted to 8 frames, AIM S+T at 32 frames.
+    eight = info(capsys, "--method", "sparse_tubes", "--set", "method.tubes=" + json.dumps(
+        TUBES_8_FRAMES))
+    assert (eight["tunable_params"], round(eight["gflops_per_view"], 1)) == (430_480, 73.2)
+    aim = info(capsys, "--method", "aim", "--frames", "32", "--set", "method.joint=false")
+    assert round(aim["gflops_per_view"], 1) == 1577.7

@@ -142,8 +142,9 @@ def test_build_train_save_reload_and_export(stack, tmp_path):
     ("aim+aim", "names a method twice"),
     ("sparse_tubes+aim", "sparse_tubes gives the image model images that are not the clip's "
                          "frames in time, and aim would relate them"),
-    ("motion_prompt+dualpath", "dualpath gives the image model images that are not the "
-                               "clip's frames in time, and motion_prompt would relate them"),
+    ("motion_prompt+dualpath", "the clips' rgb_diff maps are per frame, and dualpath gives "
+                               "the image model other images than the clip's frames"),
+    ("motion_prompt+sparse_tubes", "and sparse_tubes gives the image model other images"),
     ("sparse_tubes+dualpath", "sparse_tubes and dualpath each give the image model their own "
                               "inputs"),
 ])

@@ -24,8 +24,6 @@ from vidadapt.methods.motion_prompt import EXTRAS_KEY
 from vidadapt.models import create_model
 from vidadapt.report import model_report
 
-cv2 = pytest.importorskip("cv2")
-
 
 def moving_square(shift: int, frames: int = 4, size: int = 48) -> torch.Tensor:
     """uint8 ``[T, 3, H, W]``: a textured square moving ``shift`` pixels right per frame."""
@@ -51,6 +49,7 @@ def test_rgb_difference_is_the_next_frame_minus_this_one():
 
 @pytest.mark.parametrize("algorithm", ["dis", "farneback"])
 def test_flow_follows_the_motion_and_a_flip_negates_it(algorithm):
+    pytest.importorskip("cv2")
     clip = moving_square(3)
     flow = OpticalFlow(algorithm)(clip)  # uint8 [T, 2, H, W]
     assert flow.shape == (4, 2, 48, 48)
@@ -62,6 +61,7 @@ def test_flow_follows_the_motion_and_a_flip_negates_it(algorithm):
 
 
 def test_flows_are_memoised_by_frame_content_and_not_pickled(monkeypatch):
+    pytest.importorskip("cv2")
     flow = OpticalFlow("dis")
     calls = []
     compute = flow._compute
@@ -80,6 +80,8 @@ def test_flows_are_memoised_by_frame_content_and_not_pickled(monkeypatch):
 @pytest.mark.parametrize("kind, channels", [("rgb_diff", 3), ("flow", 2)])
 def test_training_pipeline_computes_motion_from_the_frames_it_outputs(kind, channels):
     """Whatever crop and flip a clip gets, its motion channels are those of its RGB frames."""
+    if kind == "flow":
+        pytest.importorskip("cv2")
     config = TransformConfig(size=32, short_side=40, area=(0.3, 1.0), normalize="half",
                              color_jitter=(0.4, 0.4, 0.4, 0.1))
     motion = MotionMaps(kind)
@@ -101,7 +103,7 @@ def test_training_pipeline_computes_motion_from_the_frames_it_outputs(kind, chan
 
 def test_test_views_and_device_augmentation_carry_the_motion_channels():
     config = TransformConfig(size=32, short_side=40, test_short_side=40, test_crops=3,
-                             rand_augment=(2, 9), random_erasing=0.5)
+                             color_jitter=(0.4, 0.4, 0.4, 0.1), random_erasing=0.5)
     motion = MotionMaps("rgb_diff")
     clip = torch.from_numpy(render_clip(0, clip_rng(0, "val", 1), 4, 48)).permute(0, 3, 1, 2)
     views, _ = build_transform(config, False, motion=motion)(clip, 0)
@@ -131,6 +133,33 @@ def test_config_gives_the_data_the_motion_the_model_reads():
         config_from_dict({"model": {"method": "aim"}, "data": {"motion": "flow"}})
     with pytest.raises(ConfigError, match="motion_prompt.motion must be one of"):
         config_from_dict({**base, "method": {"motion": "optical"}})
+    stacked = {"model": {"backbone": "vit_tiny", "method": "vpt+motion_prompt"},
+               "data": {"motion": "rgb_diff"}, "method": {"motion_prompt": {"motion": "flow"}}}
+    with pytest.raises(ConfigError, match=r"motion_prompt reads flow \(method.motion_prompt."
+                                          r"motion\); set data.motion: auto and method."
+                                          r"motion_prompt.motion to the maps you want"):
+        config_from_dict(stacked)
+    with pytest.raises(ConfigError, match="model.num_frames: motion maps are changes between "
+                                          "frames; use at least 2"):
+        config_from_dict({**base, "model": {**base["model"], "num_frames": 1}})
+    with pytest.raises(ConfigError, match="data.transform.rand_augment: its rotations, shears "
+                                          "and translations would move the frames away"):
+        config_from_dict({**base, "data": {"transform": {"rand_augment": [2, 9]}}})
+
+
+def test_motion_needs_the_image_model_to_see_the_clips_frames():
+    """A side network's frame stride feeds the image model every k-th frame, which no motion
+    map matches; at stride 1 the two stack."""
+    options = {"motion_prompt": {"num_tokens": 2, "width": 16},
+               "side_network": {"temporal_width": 16, "pool_layers": 1}}
+    with pytest.raises(ConfigError, match=r"stack motion prompts without side_network \(or "
+                                          r"with side_network.frame_stride: 1\)"):
+        create_model("motion_prompt+side_network", "vit_tiny", num_classes=5, num_frames=4,
+                     motion_prompt=options["motion_prompt"],
+                     side_network={**options["side_network"], "frame_stride": 2})
+    model = create_model("motion_prompt+side_network", "vit_tiny", num_classes=5, num_frames=4,
+                         **options)
+    assert model(torch.randn(2, 4, 6, 32, 32)).shape == (2, 5)
 
 
 def test_the_model_splits_the_channels_and_refuses_clips_without_motion():
@@ -238,9 +267,9 @@ def test_motion_prompts_learn_what_single_frames_cannot_tell():
 
 
 def test_vit_b16_counts():
-    """Defaults: a 2 -> 64 channel patch convolution (3 -> 64 for RGB differences), a 3x3
-    convolution, positions, 4 queries, two norms and one projection to 768 with 4 prompts;
-    deep adds a projection and prompts per later block."""
+    """Defaults: a 3 -> 64 channel patch convolution of the RGB differences (2 -> 64 for flow),
+    a 3x3 convolution, positions, 4 queries, two norms and one projection to 768 with 4
+    prompts; deep adds a projection and prompts per later block."""
     report = model_report("motion_prompt", "vit_b16_clip", 400, 8, 224)
     encoder = (3 * 64 * 256 + 64) + (64 * 64 * 9 + 64) + 196 * 64 + 4 * 64 + 2 * 2 * 64
     projection = 4 * 768 + 64 * 768 + 768

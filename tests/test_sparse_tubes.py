@@ -77,11 +77,13 @@ def test_inflated_kernels_see_a_still_clip_as_the_image_model_sees_its_frame():
         tube = F.conv3d(clip[:, :, :t], inflate_patch_kernel(weight, (t, 8, 8)), stride=(t, 8, 8))
         torch.testing.assert_close(tube[:, :, 0], patches, rtol=1e-5, atol=1e-5)
     flat = torch.full((1, 3, 4, 16, 16), 0.7)
-    for size in (4, 12, 16):
-        kernel = inflate_patch_kernel(weight, (4, size, size))
-        response = F.conv3d(flat[:, :, :, :size, :size], kernel)[:, :, 0, 0, 0]
-        torch.testing.assert_close(response, 0.7 * weight.sum(dim=(1, 2, 3))[None],
-                                   rtol=1e-5, atol=1e-5)
+    for patch in (8, 16):  # the synthetic ViT's patch and ViT-B/16's, to TubeViT's sizes
+        weight = torch.randn(16, 3, patch, patch)
+        for size in (4, 8, 12, 16):
+            kernel = inflate_patch_kernel(weight, (4, size, size))
+            response = F.conv3d(flat[:, :, :, :size, :size], kernel)[:, :, 0, 0, 0]
+            torch.testing.assert_close(response, 0.7 * weight.sum(dim=(1, 2, 3))[None],
+                                       rtol=1e-4, atol=1e-4)
 
 
 def test_one_sequence_per_clip_and_only_the_tubes_train():
@@ -115,6 +117,12 @@ def test_tubes_that_cannot_work_are_refused():
         tiny([{"kernel": [1, 8, 8], "stride": [0, 8, 8]}])
     with pytest.raises(ConfigError, match=r"tubes\[1\] needs kernel"):
         tiny([{"kernel": [1, 8, 8]}, {"stride": [1, 8, 8]}])
+    with pytest.raises(ConfigError, match=r"tubes\[0\] needs kernel"):
+        tiny([{"kernel": [1, 8, 8], "strides": [1, 8, 8]}])
+    with pytest.raises(ConfigError, match="kernel_rank must be at least 1"):
+        tiny(kernel_rank=0)
+    with pytest.raises(ConfigError, match="positions must be sincos or image, got 'imag'"):
+        tiny(positions="imag")
     with pytest.raises(ValueError, match="does not fit clips of 4 frames of 32x32"):
         tiny([{"kernel": [8, 8, 8]}])(torch.randn(1, 4, 3, 32, 32))
 

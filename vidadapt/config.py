@@ -520,15 +520,27 @@ def _check_model(cfg: ExperimentConfig, where: _Where) -> None:
 
 def _resolve_motion(cfg: ExperimentConfig, methods: list[Method], where: _Where) -> None:
     """``data.motion`` gives the model the motion its methods read: ``auto`` becomes that, and
-    an explicit value must be it."""
+    an explicit value must be it. Motion needs two frames and no RandAugment."""
     wanted = cfg.model_motion()
     if cfg.data.motion == "auto":
         cfg.data.motion = wanted
     elif cfg.data.motion != wanted:
-        reader = next((f"{m.name} reads {wanted} (method.motion)" for m in methods
-                       if m.reads_motion), f"no method of {cfg.model.method} reads motion")
+        reader = next((m.name for m in methods if m.reads_motion), None)
+        key = "method.motion" if len(methods) == 1 else f"method.{reader}.motion"
+        found = (f"{reader} reads {wanted} ({key})" if reader
+                 else f"no method of {cfg.model.method} reads motion")
         raise ConfigError(f"{where('data.motion')}: data.motion: {cfg.data.motion} is not what "
-                          f"the model reads: {reader}; set data.motion: auto")
+                          f"the model reads: {found}; set data.motion: auto"
+                          + (f" and {key} to the maps you want" if reader else ""))
+    if wanted == "none":
+        return
+    if cfg.model.num_frames < 2:
+        raise ConfigError(f"{where('model.num_frames')}: model.num_frames: motion maps are "
+                          "changes between frames; use at least 2 frames")
+    if cfg.data.transform.rand_augment is not None:
+        raise ConfigError(f"{where('data.transform.rand_augment')}: data.transform.rand_augment: "
+                          "its rotations, shears and translations would move the frames away "
+                          "from their motion maps; set it to null with data.motion")
 
 
 def _plain(value: Any) -> Any:

@@ -23,7 +23,7 @@ from .backbones import ViT
 from .backbones.vit import TokenLayout
 from .checkpoints import create_backbone
 from .clip.towers import Clip, build_clip
-from .data.motion import motion_channels
+from .data.motion import channels_for
 from .errors import ConfigError
 from .methods.base import STAGES, Head, Method, MethodParts, Target, Trainable, motion_read
 from .methods.registry import parse_methods
@@ -191,7 +191,7 @@ class VideoModel(TunableModel):
     @property
     def input_channels(self) -> int:
         """Channels per frame of the clips the model takes: RGB and the motion maps."""
-        return 3 + motion_channels(self.motion)
+        return 3 + channels_for(self.motion)
 
     def split_motion(self, video: Tensor) -> tuple[Tensor, Tensor | None]:
         """Clips ``[B, T, 3 + M, H, W]`` → RGB ``[B, T, 3, H, W]`` and motion maps (None for
@@ -339,7 +339,9 @@ def create_model(
         parts.head = linear
         trainable = {"head": [linear], **trainable}
     frame_pool = text_cfg.temporal_pool if text_cfg is not None else "mean"
-    model = VideoModel(vit, num_frames, parts, frame_pool, motion_read(methods, configs))
+    motion = motion_read(methods, configs)
+    _check_motion_fits(applied, motion)
+    model = VideoModel(vit, num_frames, parts, frame_pool, motion)
     model.set_trainable(trainable)
     model.spec = ModelSpec(
         method="+".join(configs),
@@ -390,6 +392,21 @@ def _encoders(
         vit.proj = None  # a linear head reads the pooled embedding; the projection is unused
         towers = None
     return vit, towers, name
+
+
+def _check_motion_fits(applied: dict[str, MethodParts], motion: str) -> None:
+    """Motion maps are per frame of the clip: the image model must see those frames, as they
+    are and in order (no inputs stage, one token sequence per frame)."""
+    if motion == "none":
+        return
+    other = next((name for name, p in applied.items()
+                  if p.inputs is not None or not p.inputs_are_frames), None)
+    if other is not None:
+        raise ConfigError(f"the clips' {motion} maps are per frame, and {other} gives the image "
+                          "model other images than the clip's frames (or fewer), which no map "
+                          f"matches; stack motion prompts without {other}"
+                          + (" (or with side_network.frame_stride: 1)"
+                             if other == "side_network" else ""))
 
 
 def _check_images_are_frames(methods: list[Method], applied: dict[str, MethodParts]) -> None:

@@ -37,7 +37,7 @@ FLOW_BOUND = 20.0  # pixels: flow is clipped to ±FLOW_BOUND before it is stored
 MOTION_ZERO, MOTION_SCALE = 128, 127.5  # uint8 motion x means (x - zero) / scale
 
 
-def motion_channels(kind: str | None) -> int:
+def channels_for(kind: str | None) -> int:
     """Channels a motion kind adds per frame (0 for none)."""
     if kind in (None, "none"):
         return 0
@@ -60,12 +60,14 @@ class OpticalFlow:
     """Dense optical flow between consecutive frames with OpenCV (an optional dependency:
     ``pip install vidadapt[flow]``): DIS (fast, the default) or Farnebäck, on grayscale.
 
-    Flows are memoised by the content of their two frames, up to ``cache_mb`` megabytes per
-    process, so frames read again (every evaluation epoch, overlapping training clips, the
-    in-memory video cache's clips) cost nothing the second time.
+    Flows are memoised (as their uint8 code) by the content of their two frames, up to
+    ``cache_mb`` megabytes per process: a pair of frames seen again while still in the cache
+    costs nothing (a small set read every epoch with fixed crops, as the synthetic one). Random
+    crops rarely repeat a pair, and a large set's evaluation passes through more pairs than a
+    cache holds, so there it saves little.
     """
 
-    def __init__(self, algorithm: str = "dis", cache_mb: float = 256.0):
+    def __init__(self, algorithm: str = "dis", cache_mb: float = 64.0):
         if algorithm not in FLOW_ALGORITHMS:
             raise ConfigError(f"unknown flow algorithm {algorithm!r}; choose one of "
                               f"{', '.join(FLOW_ALGORITHMS)}")
@@ -82,12 +84,15 @@ class OpticalFlow:
         return f"OpticalFlow({self.algorithm!r})"
 
     def pair(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """Flow ``[H, W, 2]`` (x, y in pixels) from grayscale ``first`` to ``second``."""
+        """Flow from grayscale ``first`` to ``second`` as uint8 ``[H, W, 2]`` (x, y): 128 +
+        127.5 · flow / FLOW_BOUND, clipped."""
         key = hashlib.blake2b(first.tobytes() + second.tobytes(), digest_size=16).digest()
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        flow = self._compute(first, second)
+        flow = self._compute(first, second)  # [H, W, 2] pixels
+        scaled = MOTION_ZERO + MOTION_SCALE * np.clip(flow / FLOW_BOUND, -1, 1)
+        flow = np.rint(scaled).clip(0, 255).astype(np.uint8)
         self._cache[key] = flow
         self._cached_bytes += flow.nbytes
         while self._cached_bytes > self.cache_mb * 2**20 and self._cache:
@@ -108,13 +113,13 @@ class OpticalFlow:
         W]`` (clipped to ±FLOW_BOUND, 128 + 127.5 · flow / bound; the last frame repeats the
         previous)."""
         lead, (T, _, H, W) = clip.shape[:-4], clip.shape[-4:]
-        gray = _grayscale(clip.reshape(-1, T, 3, H, W))  # [N, T, H, W] uint8
+        gray = _grayscale(clip.reshape(-1, T, 3, H, W).cpu())  # [N, T, H, W] uint8 (OpenCV's
+        # frames are on the CPU, wherever the clip was decoded)
         flows = np.stack([np.stack([self.pair(frames[t], frames[t + 1]) for t in range(T - 1)])
                           for frames in gray])  # [N, T-1, H, W, 2]
         flows = np.concatenate([flows, flows[:, -1:]], axis=1)  # [N, T, H, W, 2]
-        scaled = MOTION_ZERO + MOTION_SCALE * np.clip(flows / FLOW_BOUND, -1, 1)
-        coded = torch.from_numpy(np.rint(scaled).clip(0, 255).astype(np.uint8))  # [N,T,H,W,2]
-        return coded.permute(0, 1, 4, 2, 3).reshape(*lead, T, 2, H, W)
+        coded = torch.from_numpy(flows).permute(0, 1, 4, 2, 3).reshape(*lead, T, 2, H, W)
+        return coded.to(clip.device)
 
 
 def _grayscale(clips: Tensor) -> np.ndarray:
@@ -139,8 +144,8 @@ class MotionMaps:
     """A pipeline step: appends each frame's motion map to uint8 clips ``[..., T, 3, H, W]``
     → ``[..., T, 3 + M, H, W]`` (``kind``: "rgb_diff" or "flow")."""
 
-    def __init__(self, kind: str, flow_algorithm: str = "dis", flow_cache_mb: float = 256.0):
-        motion_channels(kind)  # a known kind
+    def __init__(self, kind: str, flow_algorithm: str = "dis", flow_cache_mb: float = 64.0):
+        channels_for(kind)  # a known kind
         self.kind = kind
         self.flow = OpticalFlow(flow_algorithm, flow_cache_mb) if kind == "flow" else None
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .motion import MOTION_SCALE, MOTION_ZERO, MotionMaps, motion_channels
+from .motion import MOTION_SCALE, MOTION_ZERO, MotionMaps, channels_for
 
 Generator = torch.Generator | None
 
@@ -827,7 +827,7 @@ def build_transform(config: TransformConfig, train: bool, defer: bool = False,
     """
     config.validate()
     added = [] if motion is None else [motion]
-    channels = 0 if motion is None else motion_channels(motion.kind)
+    channels = 0 if motion is None else channels_for(motion.kind)
     if not train:
         return Compose(
             [

@@ -15,7 +15,7 @@ from ..config import DataConfig, ExperimentConfig
 from ..data.annotations import Annotation, load_annotation
 from ..data.dataset import VideoDataset, default_reader
 from ..data.decode import InMemoryReader
-from ..data.motion import MotionMaps, motion_channels
+from ..data.motion import MotionMaps, channels_for
 from ..data.sampling import DenseSampler, FrameSampler, UniformSampler
 from ..data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from ..data.synthetic import make_synthetic
@@ -181,7 +181,7 @@ def training_device_augment(cfg: ExperimentConfig) -> DeviceAugment | None:
     (None without it)."""
     if not cfg.data.gpu_augment:
         return None
-    return device_augment(cfg.data.transform, motion_channels(cfg.data_motion()))
+    return device_augment(cfg.data.transform, channels_for(cfg.data_motion()))
 
 
 def motion_maps(cfg: ExperimentConfig) -> MotionMaps | None:

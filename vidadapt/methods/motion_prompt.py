@@ -18,7 +18,8 @@ as tokens the frozen model attends to (docs/methods.md):
 The image model stays frozen; gradients pass through it to the prompts. Frames stay independent
 in the image model: what relates them in time is in the maps. Composes with other frame-wise
 methods (``motion_prompt+vpt``), with temporal ones (``motion_prompt+aim``) and with a text head
-(``motion_prompt+coop``).
+(``motion_prompt+coop``); not with methods that give the image model other images than the
+clip's frames (DualPath, sparse tubes, a side network's frame stride), which no map matches.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vit import Block, TokenLayout, ViT, resample_pos_embed
-from ..data.motion import MOTION_CHANNELS, motion_channels
+from ..data.motion import MOTION_CHANNELS, channels_for
 from ..errors import ConfigError
 from .base import Method, MethodParts, Target
 from .vpt import prompt_init_bound
@@ -145,7 +146,7 @@ def apply_motion_prompt(target: Target, cfg: MotionPromptConfig) -> MethodParts:
     def projection() -> PromptProjection:
         return PromptProjection(cfg.width, vit.width, cfg.num_tokens, bound, cfg.prompt_dropout)
 
-    encoder = MotionEncoder(motion_channels(cfg.motion), cfg.width, vit.cfg.patch_size,
+    encoder = MotionEncoder(channels_for(cfg.motion), cfg.width, vit.cfg.patch_size,
                             vit.cfg.grid, cfg.num_tokens)
     first = InsertMotionPrompts(encoder, projection(), cfg.deep)
     vit.embed_sites.append(first)
@@ -158,5 +159,5 @@ def apply_motion_prompt(target: Target, cfg: MotionPromptConfig) -> MethodParts:
     return MethodParts(trainable)
 
 
-METHOD = Method("motion_prompt", MotionPromptConfig, apply_motion_prompt, across_frames=True,
+METHOD = Method("motion_prompt", MotionPromptConfig, apply_motion_prompt,
                 reads_motion=lambda cfg: cfg.motion)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +43,15 @@ TUBEVIT_TUBES = [
     {"kernel": [1, 16, 16], "stride": [32, 16, 16], "offset": [0, 0, 0]},
 ]
 
+# The same shapes with strides fitted to 8 frames (for comparisons at AIM's 8 frames): 49 + 49
+# + 98 + 196 = 392 tokens per clip at 224², against 8 x 196 patches.
+TUBES_8_FRAMES = [
+    {"kernel": [8, 8, 8], "stride": [16, 32, 32], "offset": [0, 0, 0]},
+    {"kernel": [8, 4, 4], "stride": [8, 32, 32], "offset": [0, 8, 8]},
+    {"kernel": [4, 12, 12], "stride": [4, 32, 32], "offset": [0, 16, 16]},
+    {"kernel": [1, 16, 16], "stride": [8, 16, 16], "offset": [0, 0, 0]},
+]
+
 
 @dataclass
 class SparseTubesConfig:
@@ -58,12 +66,23 @@ class SparseTubesConfig:
     def __post_init__(self) -> None:
         if not self.tubes:
             raise ConfigError("sparse_tubes.tubes lists no tube")
+        if self.kernel_rank is not None and self.kernel_rank < 1:
+            raise ConfigError(f"sparse_tubes.kernel_rank must be at least 1 (or null: full "
+                              f"kernels), got {self.kernel_rank}")
+        if self.positions not in ("sincos", "image"):
+            raise ConfigError(f"sparse_tubes.positions must be sincos or image, got "
+                              f"{self.positions!r}")
+        # Each tube in full: the stride defaults to the kernel (no overlap), the offset to 0.
+        self.tubes = [{"kernel": list(tube.get("kernel", ())),
+                       "stride": list(tube.get("stride", tube.get("kernel", ()))),
+                       "offset": list(tube.get("offset", (0, 0, 0))),
+                       **{k: v for k, v in tube.items() if k not in ("kernel", "stride", "offset")}}
+                      for tube in self.tubes]
         for i, tube in enumerate(self.tubes):
-            if set(tube) - {"kernel", "stride", "offset"} or "kernel" not in tube:
+            if len(tube) != 3 or not tube["kernel"]:
                 raise ConfigError(f"sparse_tubes.tubes[{i}] needs kernel (and stride, offset) "
                                   f"as [frames, rows, columns], got {tube}")
-            for key in ("kernel", "stride", "offset"):
-                value = tube.get(key, tube["kernel"] if key == "stride" else [0, 0, 0])
+            for key, value in tube.items():
                 minimum = 0 if key == "offset" else 1
                 if len(value) != 3 or min(value) < minimum:
                     raise ConfigError(f"sparse_tubes.tubes[{i}].{key} must be 3 numbers "
@@ -77,9 +96,9 @@ class Tube:
     offset: tuple[int, int, int]
 
     @classmethod
-    def of(cls, spec: dict[str, Any]) -> Tube:
-        kernel = tuple(spec["kernel"])
-        return cls(kernel, tuple(spec.get("stride", kernel)), tuple(spec.get("offset", (0,) * 3)))
+    def of(cls, spec: dict[str, list[int]]) -> Tube:
+        """From a tube of ``SparseTubesConfig.tubes`` (kernel, stride and offset filled in)."""
+        return cls(tuple(spec["kernel"]), tuple(spec["stride"]), tuple(spec["offset"]))
 
     def positions(self, size: tuple[int, int, int]) -> tuple[int, int, int]:
         """Tubes along each axis of a clip of ``size`` (frames, rows, columns)."""
@@ -123,11 +142,15 @@ def image_positions(vit: ViT, centres: Tensor, size: tuple[int, int]) -> Tensor:
 
 def inflate_patch_kernel(weight: Tensor, kernel: tuple[int, int, int]) -> Tensor:
     """The image patch kernel ``[D, 3, p, p]`` as a tube kernel ``[D, 3, t, h, w]``: resized to
-    h × w (scaled so a flat image gives the same response) and averaged over t frames."""
+    h × w, then scaled and shifted so that a flat image gives the same response (each slice's
+    sum kept: a resize alone samples only some of a larger kernel's weights), and averaged over
+    t frames."""
     t, h, w = kernel
     D, C, p, q = weight.shape
-    resized = F.interpolate(weight.float(), size=(h, w), mode="bilinear", align_corners=False)
-    resized = resized * (p * q) / (h * w)  # [D, 3, h, w]
+    weight = weight.float()
+    resized = F.interpolate(weight, size=(h, w), mode="bilinear", align_corners=False)
+    resized = resized + (weight.mean(dim=(2, 3)) - resized.mean(dim=(2, 3)))[..., None, None]
+    resized = resized * (p * q) / (h * w)  # [D, 3, h, w], the same sum as the patch kernel's
     return (resized[:, :, None] / t).expand(D, C, t, h, w).clone()
 
 
@@ -139,6 +162,7 @@ class TubeKernel(nn.Module):
     def __init__(self, tube: Tube, dim: int, channels: int, rank: int | None) -> None:
         super().__init__()
         self.tube = tube
+        self.rank = rank
         size = channels * math.prod(tube.kernel)
         if rank is None:
             self.update = nn.Parameter(torch.zeros(dim, size))
@@ -148,7 +172,7 @@ class TubeKernel(nn.Module):
 
     def forward(self, patch_weight: Tensor) -> Tensor:
         base = inflate_patch_kernel(patch_weight, self.tube.kernel)  # [D, 3, t, h, w]
-        update = self.update if hasattr(self, "update") else self.up @ self.down  # [D, 3*t*h*w]
+        update = self.update if self.rank is None else self.up @ self.down  # [D, 3*t*h*w]
         return base + update.view_as(base)
 
 
