@@ -24,7 +24,7 @@ from vidadapt.engine.checkpoint import (
     save_adapter,
 )
 from vidadapt.engine.data import ShardedSampler
-from vidadapt.engine.evaluate import Scores, classification_metrics, predict, view_average_probs
+from vidadapt.engine.evaluate import Scores, classification_metrics, predict, view_average
 from vidadapt.engine.logs import read_log
 from vidadapt.engine.mixup import mix_clips
 from vidadapt.engine.optim import build_optimizer, lr_factor, param_groups
@@ -106,7 +106,7 @@ def test_metrics_top_k_mean_class_and_confusion():
                           [0.2, 0.5, 0.3],  # true 0, wrong (top-2 hit)
                           [0.1, 0.7, 0.2],  # true 1, right
                           [0.5, 0.1, 0.4]])  # true 2, wrong (top-2 hit)
-    scores = Scores(probs, torch.tensor([0, 0, 1, 2]), torch.arange(4))
+    scores = Scores(probs, torch.tensor([0, 0, 1, 2]), torch.arange(4), probs.log())
     metrics = classification_metrics(scores, ["a", "b", "c"])
     assert metrics["top1"] == 50.0
     assert metrics["top5"] == 100.0  # 3 classes: top-3
@@ -115,12 +115,14 @@ def test_metrics_top_k_mean_class_and_confusion():
     assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
 
 
-def test_views_average_softmax_scores():
+def test_views_average_softmax_scores_and_logits():
     model = tiny_model(tiny_config("unused")).eval()
     video = torch.randn(2, 3, 4, 3, 32, 32)  # [B, V, T, 3, H, W]
     with torch.no_grad():
-        expected = torch.stack([model(video[:, v]).softmax(-1) for v in range(3)]).mean(0)
-        torch.testing.assert_close(view_average_probs(model, video), expected)
+        logits = torch.stack([model(video[:, v]) for v in range(3)])  # [V, B, C]
+        probs, mean_logits = view_average(model, video)
+    torch.testing.assert_close(probs, logits.softmax(-1).mean(0))
+    torch.testing.assert_close(mean_logits, logits.mean(0))
 
 
 def test_adapter_checkpoint_is_small_and_refuses_another_backbone(tmp_path):

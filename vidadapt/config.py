@@ -58,6 +58,7 @@ class SamplerConfig:
 class SyntheticConfig:
     num_train: int = 64  # training videos (spread evenly over the classes)
     num_val: int = 32  # validation videos
+    num_test: int = 0  # test videos (0: the test split is the validation split)
     frames: int = 16  # frames per video
     size: int = 64  # frame side in pixels
     seed: int = 0  # the set is a pure function of these numbers
@@ -76,6 +77,9 @@ class DataConfig:
     shots: int | None = None  # few-shot: training videos kept per class (None = all)
     class_subset: Literal["all", "base", "new"] = "all"  # base-to-new protocol: keep the first
     # (base) or second (new) half of the classes in every split, labels renumbered
+    known_classes: list[str] | None = None  # open set: the classes the model learns, by name;
+    # the other classes' videos are left out of training and validation, and are the unknowns
+    # that `vidadapt eval --open-set` must reject
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # which frames form a clip
     transform: TransformConfig = field(default_factory=TransformConfig)  # crops, augmentation
     batch_size: int = 64  # clips per optimizer step, summed over GPUs and accumulation steps
@@ -244,6 +248,7 @@ def config_from_dict(
             raise ConfigError(f"{where(key)}: {key}: {value!r} is not allowed; use {allowed}")
     _check_transform(cfg, where)
     _check_decoding(cfg, where)
+    _check_open_set(cfg, where)
     _check_model(cfg, where)
     return cfg
 
@@ -477,6 +482,19 @@ def _check_transform(cfg: ExperimentConfig, where: _Where) -> None:
             f"{where('model.image_size')}: model.image_size: {cfg.model.image_size} differs from "
             f"the crop size data.transform.size {size}; set only data.transform.size"
         )
+
+
+def _check_open_set(cfg: ExperimentConfig, where: _Where) -> None:
+    """Known classes are a list of distinct names, and not another class protocol."""
+    known = cfg.data.known_classes
+    if known is None:
+        return
+    if not known or len(set(known)) != len(known):
+        raise ConfigError(f"{where('data.known_classes')}: data.known_classes must list distinct "
+                          f"class names, got {known}")
+    if cfg.data.class_subset != "all":
+        raise ConfigError(f"{where('data.known_classes')}: data.known_classes (open set) and "
+                          f"data.class_subset (base-to-new) choose classes two ways; set one")
 
 
 def _check_decoding(cfg: ExperimentConfig, where: _Where) -> None:

@@ -19,8 +19,9 @@ from ..config import ExperimentConfig, add_override_argument, config_from_dict, 
 from ..engine.checkpoint import AdapterCheckpoint, read_adapter
 from ..engine.distributed import init_distributed, shutdown_distributed
 from ..engine.evaluate import write_metrics
-from ..engine.evaluation import evaluate_config
+from ..engine.evaluation import evaluate_config, evaluate_open_set
 from ..engine.logs import setup_logging
+from ..engine.open_set import open_set_summary, write_open_set
 from ..engine.trainer import SUMMARY_KEYS
 from ..engine.workdir import writable_dir
 from ..errors import ConfigError
@@ -33,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser, checkpoint_help="adapter .safetensors file (not needed by methods that train "
         "nothing: zero_shot, tip_adapter)", default_split="val",
     )
+    parser.add_argument("--open-set", action="store_true",
+                        help="open-set recognition of a model trained on data.known_classes: "
+                             "closed-set top-1, and per score (max softmax, max logit, energy, "
+                             "evidential) the AUROC of known vs unknown videos and the open "
+                             "macro-F1 at a threshold chosen on val (writes "
+                             "open_set_<split>.json and a histogram plot; use --split test)")
 
 
 def add_evaluation_arguments(
@@ -71,6 +78,15 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else default_out
         if dist.is_main:  # before the evaluation, not after it: its results must land
             writable_dir(out, "--out")
+        if args.open_set:
+            if checkpoint is None:
+                raise ConfigError("--open-set scores a trained model: pass its --checkpoint")
+            metrics = evaluate_open_set(cfg, args.split, dist, checkpoint, args.checkpoint)
+            if dist.is_main:
+                files = write_open_set(metrics, out, f"open_set_{args.split}")
+                print(json.dumps(open_set_summary(metrics)))
+                logger.info("wrote %s", ", ".join(str(f) for f in files))
+            return 0
         metrics = evaluate_config(cfg, args.split, dist, checkpoint, args.checkpoint)
         if dist.is_main:
             files = write_metrics(metrics, out, f"eval_{args.split}")

@@ -15,7 +15,7 @@ from ..data.annotations import Annotation, VideoRecord
 from ..engine.build import build_model, video_dataset
 from ..engine.checkpoint import load_adapter, read_adapter
 from ..engine.distributed import default_device
-from ..engine.evaluate import view_average_probs
+from ..engine.evaluate import view_average
 from ..engine.logs import setup_logging
 from ..engine.trainer import autocast_dtype
 from ..errors import CheckpointError
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             unreadable += 1
             continue
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            probs = view_average_probs(model, video[None].to(device))[0]  # [C]
+            probs = view_average(model, video[None].to(device))[0][0]  # [C]
         top = probs.topk(min(args.top_k, len(probs)))
         print(path)
         for p, c in zip(top.values.tolist(), top.indices.tolist(), strict=True):

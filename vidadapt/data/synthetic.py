@@ -50,7 +50,7 @@ NUM_TIME_CLASSES = 10  # the first ten classes cannot be told apart from one fra
 STATIC_SHAPES = {"static circle": "circle", "static ring": "ring", "static cross": "cross"}
 MOVING_SHAPES = ("square", "triangle", "bar")  # not rotation-symmetric, so rotation shows
 FLIP_LABEL_MAP = mirror_label_map(CLASSES)  # a mirrored clip: left <-> right, cw <-> ccw
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -233,11 +233,14 @@ def make_synthetic(
     seed: int = 0,
     workers: int = 2,
     progress: bool = True,
+    num_test: int = 0,
 ) -> dict[str, Path]:
     """Write the synthetic set to ``out_dir``: ``train/NNNNN.mp4``, ``val/NNNNN.mp4``, list files
-    ``train.txt`` / ``val.txt`` (paths relative to ``out_dir``) and ``classes.txt``.
+    ``train.txt`` / ``val.txt`` (paths relative to ``out_dir``) and ``classes.txt``; with
+    ``num_test`` also a test split (``test/``, ``test.txt``), for protocols that choose on
+    validation what they report on test (open-set thresholds).
 
-    Returns the paths of the two list files by split name.
+    Returns the paths of the list files by split name.
     """
     if size % 2 or size < 16:
         raise DataError(f"synthetic video size must be even and >= 16 (yuv420p), got {size}")
@@ -245,7 +248,10 @@ def make_synthetic(
         raise DataError(f"synthetic clips need at least 2 frames to show time, got {frames}")
     out_dir = Path(out_dir)
     jobs, annotations = [], {}
-    for split_index, (split, num) in enumerate(zip(SPLITS, (num_train, num_val), strict=True)):
+    counts = (num_train, num_val, num_test)
+    for split_index, (split, num) in enumerate(zip(SPLITS, counts, strict=True)):
+        if split == "test" and not num:
+            continue
         (out_dir / split).mkdir(parents=True, exist_ok=True)
         records = []
         for index in range(num):
@@ -263,7 +269,7 @@ def make_synthetic(
                 _write_clip(job)
                 bar.update()
     # List files last: a list on disk means all its videos are there.
-    lists = {split: out_dir / f"{split}.txt" for split in SPLITS}
+    lists = {split: out_dir / f"{split}.txt" for split in annotations}
     for split, annotation in annotations.items():
         write_annotation(annotation, lists[split])
     return lists

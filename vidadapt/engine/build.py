@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..methods.registry import get_method
 from ..models import VideoModel, create_model
 from .distributed import DistInfo, barrier
+from .open_set import known_subset
 
 logger = logging.getLogger("vidadapt")
 
@@ -77,7 +78,8 @@ def synthetic_dir(data: DataConfig) -> Path:
     if data.root is not None:
         return Path(data.root)
     s = data.synthetic
-    return SYNTHETIC_CACHE / f"{s.num_train}+{s.num_val}_{s.frames}f_{s.size}px_seed{s.seed}"
+    counts = f"{s.num_train}+{s.num_val}" + (f"+{s.num_test}" if s.num_test else "")
+    return SYNTHETIC_CACHE / f"{counts}_{s.frames}f_{s.size}px_seed{s.seed}"
 
 
 def resolve_data(data: DataConfig, dist: DistInfo | None = None) -> DataConfig:
@@ -87,12 +89,13 @@ def resolve_data(data: DataConfig, dist: DistInfo | None = None) -> DataConfig:
         return data
     dist = dist or DistInfo()
     root = synthetic_dir(data)
-    files = [root / "train.txt", root / "val.txt", root / "classes.txt"]
+    test = root / ("test.txt" if data.synthetic.num_test else "val.txt")
+    files = [root / "train.txt", root / "val.txt", test, root / "classes.txt"]
     if dist.is_main and not all(f.exists() for f in files):
         logger.info("writing the synthetic video set to %s", root)
         make_synthetic(root, **asdict(data.synthetic))
     barrier(dist)
-    return replace(data, train=str(files[0]), val=str(files[1]), test=data.test or str(files[1]),
+    return replace(data, train=str(files[0]), val=str(files[1]), test=data.test or str(test),
                    root=str(root))
 
 
@@ -108,30 +111,39 @@ def read_classes(data: DataConfig) -> list[str] | None:
 
 def training_classes(data: DataConfig) -> list[str]:
     """The class names of the training split (the synthetic set's are known before it exists)."""
-    if data.dataset == "synthetic" and data.train is None:
+    if data.dataset == "synthetic" and data.train is None and data.known_classes is None:
         return [SYNTHETIC_CLASSES[i] for i in subset_ids(len(SYNTHETIC_CLASSES), data.class_subset)]
+    if data.dataset == "synthetic" and data.train is None:
+        whole = Annotation([], list(SYNTHETIC_CLASSES), "the synthetic set")
+        return known_subset(whole, data.known_classes, keep_unknown=False).classes
     return load_split(data, "train", read_classes(data)).classes
 
 
-def load_split(data: DataConfig, split: str, classes: list[str] | None = None) -> Annotation:
+def load_split(data: DataConfig, split: str, classes: list[str] | None = None,
+               unknowns: bool = False) -> Annotation:
     """The annotation of ``split`` ("train", "val" or "test"), labels indexing ``classes``.
 
     With ``data.class_subset`` base or new, the file's labels index the full class list
     (``data.classes`` or the file's own) and half of the classes are kept, renumbered;
-    ``classes`` may then name the full list or the subset.
+    ``classes`` may then name the full list or the subset. With ``data.known_classes`` (open
+    set) the known classes are kept, renumbered in that list's order, and with ``unknowns``
+    the other videos too, labelled -1.
     """
     path = getattr(data, split)
     if path is None:
         raise ConfigError(f"data.{split} is not set; pass --set data.{split}=ANNOTATION_FILE")
     root = data.roots.get(split, data.root)
-    if data.class_subset == "all":
+    if data.class_subset == "all" and data.known_classes is None:
         return load_annotation(path, root=root, format=data.format, classes=classes)
     full = load_annotation(path, root=root, format=data.format, classes=read_classes(data))
-    subset = class_subset(full, data.class_subset)
+    if data.known_classes is not None:
+        key, subset = "known_classes", known_subset(full, data.known_classes, unknowns)
+    else:
+        key, subset = f"class_subset {data.class_subset}", class_subset(full, data.class_subset)
     if classes is not None and list(classes) not in (full.classes, subset.classes):
         raise ConfigError(
-            f"data.class_subset {data.class_subset}: the classes of {path} differ from those "
-            "given (e.g. a checkpoint's); set data.classes to a class-name file"
+            f"data.{key}: the classes of {path} differ from those given (e.g. a checkpoint's); "
+            "set data.classes to a class-name file"
         )
     return subset
 
@@ -196,9 +208,11 @@ def build_dataset(
     train: bool,
     classes: list[str] | None = None,
     views: tuple[int, int] = (1, 1),
+    unknowns: bool = False,
 ) -> VideoDataset:
-    """The dataset of ``split`` (few-shot subset in training when ``data.shots`` is set)."""
-    annotation = load_split(cfg.data, split, classes)
+    """The dataset of ``split`` (few-shot subset in training when ``data.shots`` is set; the
+    unknown classes' videos too, labelled -1, with ``unknowns`` and ``data.known_classes``)."""
+    annotation = load_split(cfg.data, split, classes, unknowns)
     if train and cfg.data.shots is not None:
         annotation = keep_shots(annotation, cfg.data.shots, cfg.train.seed)
     return video_dataset(cfg, annotation, train, views)

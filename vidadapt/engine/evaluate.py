@@ -32,16 +32,17 @@ class Scores:
     probs: Tensor  # [N, C] softmax averaged over views
     labels: Tensor  # [N] true labels (-1 where unknown)
     indices: Tensor  # [N] dataset indices
+    logits: Tensor  # [N, C] logits averaged over views (open-set scores read them)
 
 
-def view_average_probs(model: nn.Module, video: Tensor) -> Tensor:
-    """Softmax over classes, averaged over views: ``[B, V, T, 3, H, W]`` or ``[B, T, ...]``
-    → ``[B, C]``."""
+def view_average(model: nn.Module, video: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax over classes and logits, each averaged over views: ``[B, V, T, 3, H, W]`` or
+    ``[B, T, ...]`` → ``[B, C]``, ``[B, C]``."""
     if video.ndim == 5:
         video = video.unsqueeze(1)  # [B, 1, T, 3, H, W]
     B, V = video.shape[:2]
-    logits = model(video.flatten(0, 1))  # [B*V, C]
-    return logits.float().softmax(dim=-1).view(B, V, -1).mean(dim=1)  # [B, C]
+    logits = model(video.flatten(0, 1)).float().view(B, V, -1)  # [B, V, C]
+    return logits.softmax(dim=-1).mean(dim=1), logits.mean(dim=1)  # [B, C], [B, C]
 
 
 @torch.no_grad()
@@ -58,23 +59,26 @@ def predict(
     was_training = model.training
     model.eval()
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    probs, labels, indices = [], [], []
+    probs, labels, indices, logits = [], [], [], []
     for batch in tqdm(batches, desc="eval", disable=not progress, leave=False):
         if batch["video"] is None:  # no video of the batch could be read
             continue
         video = batch["video"].to(device, non_blocking=True)
         with autocast:
-            probs.append(view_average_probs(model, video).cpu())
+            batch_probs, batch_logits = view_average(model, video)
+        probs.append(batch_probs.cpu())
+        logits.append(batch_logits.cpu())
         labels.append(torch.as_tensor(batch["label"]))
         indices.append(torch.as_tensor(batch["index"]))
     model.train(was_training)
-    local = (torch.cat(probs), torch.cat(labels), torch.cat(indices)) if probs else None
+    local = tuple(map(torch.cat, (probs, labels, indices, logits))) if probs else None
     shards = [s for s in all_gather_objects(local, dist) if s is not None]
     if not shards:
         raise ValueError("nothing to evaluate: the evaluation set is empty")
-    all_probs, all_labels, all_indices = (torch.cat(parts) for parts in zip(*shards, strict=True))
+    gathered = (torch.cat(parts) for parts in zip(*shards, strict=True))
+    all_probs, all_labels, all_indices, all_logits = gathered
     order = all_indices.argsort()
-    return Scores(all_probs[order], all_labels[order], all_indices[order])
+    return Scores(all_probs[order], all_labels[order], all_indices[order], all_logits[order])
 
 
 def left_out(dataset: Any, scored: int, dist: DistInfo) -> dict[str, str]:

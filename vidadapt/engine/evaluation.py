@@ -20,8 +20,9 @@ from .build import build_dataset, build_model, resolve_data
 from .checkpoint import AdapterCheckpoint, load_adapter
 from .data import ShardedSampler, make_loader, pins_memory
 from .distributed import DistInfo
-from .evaluate import classification_metrics, left_out, predict
+from .evaluate import Scores, classification_metrics, left_out, predict
 from .features import feature_datasets
+from .open_set import open_set_metrics
 from .trainer import autocast_dtype
 
 logger = logging.getLogger("vidadapt")
@@ -54,13 +55,54 @@ def evaluate(
     amp_dtype: torch.dtype | None, dist: DistInfo,
 ) -> dict[str, Any]:
     """``classification_metrics`` of ``model`` on every view of ``dataset`` (all ranks)."""
+    scores = score_views(cfg, model, dataset, amp_dtype, dist)
+    metrics = classification_metrics(scores, dataset.classes)
+    metrics["skipped"] = left_out(dataset, metrics["num_videos"], dist)
+    return metrics
+
+
+def score_views(
+    cfg: ExperimentConfig, model: VideoModel, dataset: VideoDataset,
+    amp_dtype: torch.dtype | None, dist: DistInfo,
+) -> Scores:
+    """The view-averaged scores of ``model`` on every video of ``dataset`` (all ranks)."""
     sampler = ShardedSampler(len(dataset), shuffle=False, rank=dist.rank,
                              world_size=dist.world_size)
     loader = make_loader(dataset, sampler, cfg.data.eval_batch_size, cfg.data.num_workers,
                          cfg.train.seed, pin_memory=pins_memory(cfg.data, dist.device))
-    scores = predict(model, loader, dist.device, amp_dtype, dist, progress=dist.is_main)
-    metrics = classification_metrics(scores, dataset.classes)
-    metrics["skipped"] = left_out(dataset, metrics["num_videos"], dist)
+    return predict(model, loader, dist.device, amp_dtype, dist, progress=dist.is_main)
+
+
+def evaluate_open_set(
+    cfg: ExperimentConfig, split: str, dist: DistInfo, checkpoint: AdapterCheckpoint,
+    checkpoint_path: str | None = None,
+) -> dict[str, Any]:
+    """Open-set metrics (``engine.open_set``) of a model trained on ``data.known_classes``: its
+    scores on the validation split choose each score's threshold, applied to ``split``."""
+    if cfg.data.known_classes is None:
+        raise ConfigError("--open-set needs data.known_classes: the classes the model was "
+                          "trained on (the others are the unknowns to reject)")
+    if split == "val":
+        raise ConfigError("--open-set chooses its thresholds on the val split; evaluate "
+                          "--split test")
+    cfg.data = resolve_data(cfg.data, dist)
+    if cfg.data.test == cfg.data.val:
+        raise ConfigError("--open-set: data.test is data.val, so thresholds chosen on val would "
+                          "be reported on themselves; set a test split (synthetic: "
+                          "data.synthetic.num_test)")
+    views = (cfg.data.test_clips, cfg.data.transform.test_crops)
+    model = build_model(cfg, len(checkpoint.classes), checkpoint.classes)
+    load_adapter(model, checkpoint, checkpoint_path)
+    model.to(dist.device)
+    amp_dtype = autocast_dtype(cfg.train.amp, dist.device)
+    scores, skipped = {}, {}
+    for name in ("val", split):
+        dataset = build_dataset(cfg, name, train=False, classes=checkpoint.classes,
+                                views=views, unknowns=True)
+        scores[name] = score_views(cfg, model, dataset, amp_dtype, dist)
+        skipped[name] = left_out(dataset, len(scores[name].labels), dist)
+    metrics = open_set_metrics(scores["val"], scores[split], checkpoint.classes)
+    metrics.update(views={"clips": views[0], "crops": views[1]}, skipped=skipped[split])
     return metrics
 
 

@@ -1,0 +1,135 @@
+"""Open-set recognition: known classes, known-ness scores, AUROC, open macro-F1, eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vidadapt.cli import main as cli
+from vidadapt.config import config_from_dict
+from vidadapt.data.annotations import Annotation, VideoRecord
+from vidadapt.data.synthetic import CLASSES, make_synthetic
+from vidadapt.engine.evaluate import Scores
+from vidadapt.engine.open_set import (
+    UNKNOWN,
+    auroc,
+    best_threshold,
+    evidential_uncertainty,
+    known_subset,
+    open_macro_f1,
+    open_predictions,
+    open_set_metrics,
+)
+from vidadapt.errors import ConfigError
+
+
+def test_auroc_is_the_chance_a_known_video_outscores_an_unknown_one():
+    known, unknown = torch.randn(40), torch.randn(30) - 0.5
+    pairs = (known[:, None] > unknown[None]).double() + 0.5 * (known[:, None] == unknown[None])
+    assert auroc(known, unknown) == pytest.approx(pairs.mean().item())
+    assert auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
+    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 0.0
+    assert auroc(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0])) == 0.5  # ties count half
+
+
+def test_open_macro_f1_counts_unknown_as_one_more_class():
+    labels = torch.tensor([0, 0, 1, UNKNOWN, UNKNOWN])
+    predicted = torch.tensor([0, 1, 1, UNKNOWN, 0])
+    # class 0: tp 1, fp 1, fn 1 -> 1/2; class 1: tp 1, fp 1 -> 2/3; unknown: tp 1, fn 1 -> 2/3
+    assert open_macro_f1(predicted, labels, 2) == pytest.approx(100 * (1 / 2 + 2 / 3 + 2 / 3) / 3)
+    probs = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]])
+    assert open_predictions(probs, probs.amax(1), 0.7).tolist() == [0, UNKNOWN, 1]
+
+
+def test_the_threshold_is_the_best_of_the_validation_scores():
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand(60, 3, generator=generator).softmax(1)
+    labels = torch.randint(-1, 3, (60,), generator=generator)
+    score = torch.rand(60, generator=generator)
+    chosen = best_threshold(probs, score, labels)
+    f1 = {t.item(): open_macro_f1(open_predictions(probs, score, t.item()), labels, 3)
+          for t in score}
+    assert f1[chosen] == max(f1.values())
+
+
+def test_evidential_uncertainty_is_classes_over_dirichlet_strength():
+    logits = torch.tensor([[0.0, 0.0], [20.0, 0.0]])
+    # no evidence beyond exp(0) = 1 per class: S = 4, u = 2/4; clamped at 10: S = e^10 + 3
+    expected = torch.tensor([0.5, 2 / (torch.tensor(10.0).exp().item() + 3)])
+    torch.testing.assert_close(evidential_uncertainty(logits), expected)
+
+
+def test_known_subset_relabels_and_marks_the_unknowns():
+    records = [VideoRecord(f"{i}.mp4", i % 4) for i in range(8)]
+    annotation = Annotation(records, ["a", "b", "c", "d"], "list.txt")
+    known = known_subset(annotation, ["c", "a"], keep_unknown=False)
+    assert known.classes == ["c", "a"] and [r.label for r in known.records] == [1, 0, 1, 0]
+    everything = known_subset(annotation, ["c", "a"], keep_unknown=True)
+    assert [r.label for r in everything.records] == [1, UNKNOWN, 0, UNKNOWN] * 2
+    with pytest.raises(ConfigError, match=r"'cc' \(did you mean 'c'\?\) is not a class of "
+                                          "list.txt"):
+        known_subset(annotation, ["cc"], keep_unknown=False)
+
+
+def test_known_classes_config_rules():
+    with pytest.raises(ConfigError, match="must list distinct class names"):
+        config_from_dict({"data": {"known_classes": ["a", "a"]}})
+    with pytest.raises(ConfigError, match="choose classes two ways; set one"):
+        config_from_dict({"data": {"known_classes": ["a"], "class_subset": "base"}})
+
+
+def test_metrics_need_known_and_unknown_videos_in_both_splits():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    known_only = Scores(probs, torch.tensor([0, 1]), torch.arange(2), probs.log())
+    mixed = Scores(probs, torch.tensor([0, UNKNOWN]), torch.arange(2), probs.log())
+    with pytest.raises(ConfigError, match="the validation split needs videos of known and of "
+                                          "unknown classes"):
+        open_set_metrics(known_only, mixed, ["a", "b"])
+    metrics = open_set_metrics(mixed, mixed, ["a", "b"])
+    assert metrics["closed_set_top1"] == 100.0 and metrics["num_unknown"] == 1
+    assert set(metrics["scores"]) == {"max_softmax", "max_logit", "energy", "evidential"}
+    assert metrics["scores"]["max_softmax"]["auroc"] == 1.0
+
+
+def test_eval_open_set_on_the_synthetic_set(tmp_path, capsys):
+    """Train on 9 of the 13 classes, then `eval --open-set`: thresholds from val, reported on a
+    separate test split, with the histograms."""
+    make_synthetic(tmp_path / "videos", 26, 26, frames=4, size=16, workers=1, progress=False,
+                   num_test=26)
+    known = [CLASSES[i] for i in range(13) if i % 3 != 2]
+    config = tmp_path / "open_set.yaml"
+    config.write_text(f"""
+model: {{method: linear, backbone: vit_tiny, num_frames: 2}}
+data:
+  dataset: synthetic
+  root: {tmp_path / 'videos'}
+  synthetic: {{num_train: 26, num_val: 26, num_test: 26, frames: 4, size: 16}}
+  known_classes: {json.dumps(known)}
+  sampler: {{type: uniform}}
+  transform: {{size: 16, short_side: 16, flip: false}}
+  batch_size: 9
+  num_workers: 0
+  test_clips: 1
+optim: {{epochs: 1, warmup_epochs: 0}}
+train: {{amp: off, work_dir: {tmp_path / 'run'}, feature_cache: off}}
+""")
+    assert cli(["train", str(config)]) == 0
+    best = str(tmp_path / "run" / "best.safetensors")
+    assert cli(["eval", "--checkpoint", best, "--open-set"]) == 2
+    assert "--open-set chooses its thresholds on the val split" in capsys.readouterr().err
+    assert cli(["eval", "--checkpoint", best, "--open-set", "--split", "test",
+                "--out", str(tmp_path / "eval")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary) == {"closed_set_top1", "best_score", "max_softmax", "max_logit",
+                            "energy", "evidential"}
+    metrics = json.loads((tmp_path / "eval" / "open_set_test.json").read_text())
+    assert metrics["known_classes"] == known
+    assert (metrics["num_known"], metrics["num_unknown"]) == (18, 8)  # 2 videos per class
+    assert (tmp_path / "eval" / "open_set_test_scores.png").is_file()
+    # Without a test split the thresholds would be reported on the data that chose them.
+    no_test = config.read_text().replace("num_test: 26, ", "")
+    config.write_text(no_test)
+    assert cli(["eval", str(config), "--checkpoint", best, "--open-set", "--split", "test"]) == 2
+    assert "data.test is data.val" in capsys.readouterr().err
