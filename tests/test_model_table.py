@@ -53,6 +53,7 @@ STACKS = [
     "lora+side_network", "vpt+dualpath", "zeroi2v+evl", "zeroi2v+side_network",
     "side_network+aim", "motion_prompt+vpt", "vpt+motion_prompt", "motion_prompt+aim",
     "motion_prompt+coop", "sparse_tubes+adapter", "sparse_tubes+lora", "vpt+sparse_tubes",
+    "st_adapter+evidential", "aim+evidential",
 ]
 
 
@@ -100,7 +101,8 @@ def test_build_train_save_reload_and_export(stack, tmp_path):
     logits = model(clips)
     assert logits.shape == (3, len(CLASSES)) and torch.isfinite(logits).all()
     if tuned:
-        loss = (model.loss_fn or F.cross_entropy)(logits, labels)
+        loss = model.loss_fn(logits, labels, 0.5) if model.loss_fn else \
+            F.cross_entropy(logits, labels)
         loss.backward()
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
         with torch.no_grad():

@@ -23,6 +23,7 @@ from vidadapt.engine.open_set import (
     open_set_metrics,
 )
 from vidadapt.errors import ConfigError
+from vidadapt.models import create_model
 
 
 def test_auroc_is_the_chance_a_known_video_outscores_an_unknown_one():
@@ -133,3 +134,44 @@ train: {{amp: off, work_dir: {tmp_path / 'run'}, feature_cache: off}}
     config.write_text(no_test)
     assert cli(["eval", str(config), "--checkpoint", best, "--open-set", "--split", "test"]) == 2
     assert "data.test is data.val" in capsys.readouterr().err
+
+
+def test_evidential_loss_is_dears_log_loss_plus_calibration():
+    """The log loss sum_k y_k (log S - log alpha_k) and the AvU term, its weight a0^(1 - t)."""
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    labels = torch.tensor([0, 2])  # the first clip right, the second wrong
+    alpha = logits.exp() + 1
+    strength = alpha.sum(1)
+    log_loss = strength.log() - alpha[torch.arange(2), labels].log()
+    p = (alpha / strength[:, None]).amax(1)
+    u = 3 / strength
+    for progress in (0.0, 0.5, 1.0):
+        weight = 0.01 ** (1 - progress)
+        avu = torch.stack([weight * -p[0] * torch.log(1 - u[0] + 1e-10),
+                           (1 - weight) * -(1 - p[1]) * torch.log(u[1] + 1e-10)])
+        loss = create_model("evidential", "vit_tiny", num_classes=3).loss_fn
+        torch.testing.assert_close(loss(logits, labels, progress), (log_loss + avu).mean())
+    plain = create_model("evidential", "vit_tiny", num_classes=3, calibration=False).loss_fn
+    torch.testing.assert_close(plain(logits, labels, 0.3), log_loss.mean())
+    # Soft targets (mixup) weigh the classes' log terms.
+    soft = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.0, 1.0]])
+    expected = (soft * (strength.log()[:, None] - alpha.log())).sum(1).mean()
+    torch.testing.assert_close(plain(logits, soft, 0.3), expected)
+
+
+def test_evidential_takes_a_linear_head():
+    with pytest.raises(ConfigError, match="evidential reads the linear head's outputs"):
+        create_model("evidential+coop", "vit_tiny_clip", classes=["a", "b"],
+                     coop={"text": "random"})
+
+
+def test_known_classes_from_a_file(tmp_path):
+    from vidadapt.engine.build import known_class_names
+
+    names = tmp_path / "known.txt"
+    names.write_text("moving left\nstatic ring\n")
+    cfg = config_from_dict({"data": {"known_classes": str(names)}})
+    assert known_class_names(cfg.data) == ["moving left", "static ring"]
+    missing = config_from_dict({"data": {"known_classes": str(tmp_path / "no.txt")}})
+    with pytest.raises(ConfigError, match="no.txt does not exist"):
+        known_class_names(missing.data)

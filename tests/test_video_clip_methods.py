@@ -336,9 +336,9 @@ def test_the_trainer_uses_actionclip_loss_on_cached_frame_embeddings(tokenizer, 
     model = actionclip(tokenizer, fusion="conv1d")
     calls = []
 
-    def recording_loss(logits, labels):
+    def recording_loss(logits, labels, progress):
         calls.append((logits.shape, labels.tolist()))
-        return symmetric_kl_loss(logits, labels)
+        return symmetric_kl_loss(logits, labels, progress)
 
     model.loss_fn = recording_loss
     before = model.temporal.conv.weight.clone()

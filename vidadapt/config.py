@@ -77,9 +77,9 @@ class DataConfig:
     shots: int | None = None  # few-shot: training videos kept per class (None = all)
     class_subset: Literal["all", "base", "new"] = "all"  # base-to-new protocol: keep the first
     # (base) or second (new) half of the classes in every split, labels renumbered
-    known_classes: list[str] | None = None  # open set: the classes the model learns, by name;
-    # the other classes' videos are left out of training and validation, and are the unknowns
-    # that `vidadapt eval --open-set` must reject
+    known_classes: list[str] | str | None = None  # open set: the classes the model learns, by
+    # name (a list, or a file with one name per line); the other classes' videos are left out
+    # of training and validation, and are the unknowns that `vidadapt eval --open-set` rejects
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # which frames form a clip
     transform: TransformConfig = field(default_factory=TransformConfig)  # crops, augmentation
     batch_size: int = 64  # clips per optimizer step, summed over GPUs and accumulation steps
@@ -412,11 +412,12 @@ def _convert(value: Any, tp: Any, key: str, where: _Where) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        if len(inner) > 1:  # alternative scalar types (bool | int): the value is one of them
-            if type(value) not in inner:
-                names = " or ".join(a.__name__ for a in inner)
-                raise ConfigError(f"{where(key)}: {key}: expected {names}, got {value!r}")
-            return value
+        if len(inner) > 1:  # alternative types (bool | int, list[str] | str): the value's own
+            for alternative in inner:
+                if type(value) is (typing.get_origin(alternative) or alternative):
+                    return _convert(value, alternative, key, where)
+            names = " or ".join((typing.get_origin(a) or a).__name__ for a in inner)
+            raise ConfigError(f"{where(key)}: {key}: expected {names}, got {value!r}")
         return _convert(value, inner[0], key, where)
     if tp is Any:
         return value
@@ -485,16 +486,17 @@ def _check_transform(cfg: ExperimentConfig, where: _Where) -> None:
 
 
 def _check_open_set(cfg: ExperimentConfig, where: _Where) -> None:
-    """Known classes are a list of distinct names, and not another class protocol."""
+    """Known classes are distinct names (a file's are checked when it is read), and not
+    another class protocol."""
     known = cfg.data.known_classes
     if known is None:
         return
-    if not known or len(set(known)) != len(known):
-        raise ConfigError(f"{where('data.known_classes')}: data.known_classes must list distinct "
-                          f"class names, got {known}")
     if cfg.data.class_subset != "all":
         raise ConfigError(f"{where('data.known_classes')}: data.known_classes (open set) and "
                           f"data.class_subset (base-to-new) choose classes two ways; set one")
+    if isinstance(known, list) and (not known or len(set(known)) != len(known)):
+        raise ConfigError(f"{where('data.known_classes')}: data.known_classes must list distinct "
+                          f"class names, got {known}")
 
 
 def _check_decoding(cfg: ExperimentConfig, where: _Where) -> None:

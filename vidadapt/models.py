@@ -182,7 +182,7 @@ class VideoModel(TunableModel):
         self.temporal = parts.temporal
         self.context = parts.context
         self.head = parts.head
-        # Training loss ``(logits, labels) -> loss`` replacing cross-entropy; None = the
+        # Training loss ``(logits, labels, progress) -> loss`` replacing cross-entropy; None = the
         # engine's cross-entropy.
         self.loss_fn = parts.loss
 

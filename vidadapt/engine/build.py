@@ -99,6 +99,21 @@ def resolve_data(data: DataConfig, dist: DistInfo | None = None) -> DataConfig:
                    root=str(root))
 
 
+def known_class_names(data: DataConfig) -> list[str] | None:
+    """``data.known_classes`` as names (read from its file when it names one), or None."""
+    known = data.known_classes
+    if not isinstance(known, str):
+        return known
+    path = Path(known)
+    if not path.is_file():
+        raise ConfigError(f"data.known_classes: {path} does not exist (a file of class names, "
+                          "one per line, or a list of names)")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.known_classes: {path} names a class twice")
+    return names
+
+
 def read_classes(data: DataConfig) -> list[str] | None:
     """The names of ``data.classes`` (one per line), or None when it is not set."""
     if data.classes is None:
@@ -115,7 +130,7 @@ def training_classes(data: DataConfig) -> list[str]:
         return [SYNTHETIC_CLASSES[i] for i in subset_ids(len(SYNTHETIC_CLASSES), data.class_subset)]
     if data.dataset == "synthetic" and data.train is None:
         whole = Annotation([], list(SYNTHETIC_CLASSES), "the synthetic set")
-        return known_subset(whole, data.known_classes, keep_unknown=False).classes
+        return known_subset(whole, known_class_names(data), keep_unknown=False).classes
     return load_split(data, "train", read_classes(data)).classes
 
 
@@ -137,7 +152,7 @@ def load_split(data: DataConfig, split: str, classes: list[str] | None = None,
         return load_annotation(path, root=root, format=data.format, classes=classes)
     full = load_annotation(path, root=root, format=data.format, classes=read_classes(data))
     if data.known_classes is not None:
-        key, subset = "known_classes", known_subset(full, data.known_classes, unknowns)
+        key, subset = "known_classes", known_subset(full, known_class_names(data), unknowns)
     else:
         key, subset = f"class_subset {data.class_subset}", class_subset(full, data.class_subset)
     if classes is not None and list(classes) not in (full.classes, subset.classes):

@@ -316,7 +316,8 @@ class Trainer:
         """The model's own training loss when it has one (``loss_fn``: ActionCLIP's), else
         cross-entropy."""
         if self.model.loss_fn is not None:
-            return self.model.loss_fn(logits.float(), target)
+            done = self.progress.step / max(self.total_steps, 1)  # annealed losses read it
+            return self.model.loss_fn(logits.float(), target, done)
         return classification_loss(logits, target, self.cfg.optim.label_smoothing)
 
     def _inputs(self, batch: dict[str, Any], micro_index: int) -> tuple[Tensor, Tensor]:

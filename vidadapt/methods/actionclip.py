@@ -162,10 +162,11 @@ class TemporalShift(nn.Module):
         return torch.cat([x[:, :start], shifted, x[:, start + P :]], dim=1)
 
 
-def symmetric_kl_loss(logits: Tensor, labels: Tensor) -> Tensor:
+def symmetric_kl_loss(logits: Tensor, labels: Tensor, progress: float = 1.0) -> Tensor:
     """ActionCLIP's loss from class logits ``[B, C]`` and labels ``[B]``: the clip-to-text
     similarities of the batch are ``logits[:, labels]`` ``[B, B]``; KL divergence of their
-    softmax (rows: clips, and columns: texts) from the ground truth, averaged."""
+    softmax (rows: clips, and columns: texts) from the ground truth, averaged. The same all
+    through training (``progress`` unused)."""
     if labels.ndim != 1:
         raise ConfigError("ActionCLIP's loss needs hard labels: turn mixup and CutMix off")
     similarity = logits[:, labels]  # [B, B]: clip i vs the text of clip j's label

@@ -25,7 +25,8 @@ from ..clip.towers import Clip, ClipOptions
 from ..errors import ConfigError
 
 Trainable = Iterable[nn.Module | nn.Parameter]
-LossFn = Callable[[Tensor, Tensor], Tensor]
+LossFn = Callable[[Tensor, Tensor, float], Tensor]  # (logits, labels, progress: the fraction
+# of training done, 0 to 1, for losses annealed over training) -> loss
 
 
 @dataclass
@@ -62,8 +63,8 @@ class MethodParts:
     # -> logits (``methods.text_head.TextHead``)
     context: nn.Module | None = None  # an extra input of the head computed from the last
     # block's tokens: ``context(tokens, layout)`` (X-CLIP's visual context)
-    loss: LossFn | None = None  # training loss ``(logits, labels) -> loss`` replacing
-    # cross-entropy (ActionCLIP's)
+    loss: LossFn | None = None  # training loss ``(logits, labels, progress) -> loss``
+    # replacing cross-entropy (ActionCLIP's, the evidential one)
 
 
 class Head(nn.Module):

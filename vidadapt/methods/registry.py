@@ -62,6 +62,7 @@ from . import (
     coop,
     dualpath,
     efficient_prompt,
+    evidential,
     evl,
     lora,
     motion_prompt,
@@ -84,7 +85,7 @@ METHODS: dict[str, Method] = {
         baselines.LINEAR, baselines.FULL, aim.METHOD, st_adapter.METHOD, evl.METHOD,
         vpt.METHOD, lora.METHOD, prefix.METHOD, adapters.ADAPTER, adapters.MAM, bitfit.METHOD,
         zeroi2v.METHOD, side_network.METHOD, dualpath.METHOD, motion_prompt.METHOD,
-        sparse_tubes.METHOD,
+        sparse_tubes.METHOD, evidential.METHOD,
         # with CLIP's text tower as the classifier
         zero_shot.METHOD, coop.METHOD, cocoop.METHOD, clip_adapter.METHOD, tip_adapter.METHOD,
         efficient_prompt.METHOD, actionclip.METHOD, xclip.METHOD,
