@@ -18,6 +18,7 @@ from vidadapt.engine.open_set import (
     best_threshold,
     evidential_uncertainty,
     known_subset,
+    naming_metrics,
     open_macro_f1,
     open_predictions,
     open_set_metrics,
@@ -68,7 +69,8 @@ def test_known_subset_relabels_and_marks_the_unknowns():
     known = known_subset(annotation, ["c", "a"], keep_unknown=False)
     assert known.classes == ["c", "a"] and [r.label for r in known.records] == [1, 0, 1, 0]
     everything = known_subset(annotation, ["c", "a"], keep_unknown=True)
-    assert [r.label for r in everything.records] == [1, UNKNOWN, 0, UNKNOWN] * 2
+    assert everything.classes == ["c", "a", "b", "d"]  # the unknown classes after the known
+    assert [r.label for r in everything.records] == [1, 2, 0, 3] * 2
     with pytest.raises(ConfigError, match=r"'cc' \(did you mean 'c'\?\) is not a class of "
                                           "list.txt"):
         known_subset(annotation, ["cc"], keep_unknown=False)
@@ -84,7 +86,7 @@ def test_known_classes_config_rules():
 def test_metrics_need_known_and_unknown_videos_in_both_splits():
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
     known_only = Scores(probs, torch.tensor([0, 1]), torch.arange(2), probs.log())
-    mixed = Scores(probs, torch.tensor([0, UNKNOWN]), torch.arange(2), probs.log())
+    mixed = Scores(probs, torch.tensor([0, 2]), torch.arange(2), probs.log())  # 2: unknown
     with pytest.raises(ConfigError, match="the validation split needs videos of known and of "
                                           "unknown classes"):
         open_set_metrics(known_only, mixed, ["a", "b"])
@@ -94,15 +96,19 @@ def test_metrics_need_known_and_unknown_videos_in_both_splits():
     assert metrics["scores"]["max_softmax"]["auroc"] == 1.0
 
 
-def test_eval_open_set_on_the_synthetic_set(tmp_path, capsys):
+@pytest.mark.parametrize("model", [
+    "{method: linear, backbone: vit_tiny, num_frames: 2}",
+    "{method: coop, backbone: vit_tiny_clip, num_frames: 2}\nmethod: {text: random, n_ctx: 2}",
+])
+def test_eval_open_set_on_the_synthetic_set(tmp_path, capsys, model):
     """Train on 9 of the 13 classes, then `eval --open-set`: thresholds from val, reported on a
-    separate test split, with the histograms."""
+    separate test split, with the histograms; a text head also names the unknowns."""
     make_synthetic(tmp_path / "videos", 26, 26, frames=4, size=16, workers=1, progress=False,
                    num_test=26)
     known = [CLASSES[i] for i in range(13) if i % 3 != 2]
     config = tmp_path / "open_set.yaml"
     config.write_text(f"""
-model: {{method: linear, backbone: vit_tiny, num_frames: 2}}
+model: {model}
 data:
   dataset: synthetic
   root: {tmp_path / 'videos'}
@@ -123,12 +129,17 @@ train: {{amp: off, work_dir: {tmp_path / 'run'}, feature_cache: off}}
     assert cli(["eval", "--checkpoint", best, "--open-set", "--split", "test",
                 "--out", str(tmp_path / "eval")]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(summary) == {"closed_set_top1", "best_score", "max_softmax", "max_logit",
-                            "energy", "evidential"}
+    assert set(summary) - {"naming"} == {"closed_set_top1", "best_score", "max_softmax",
+                                         "max_logit", "energy", "evidential"}
     metrics = json.loads((tmp_path / "eval" / "open_set_test.json").read_text())
     assert metrics["known_classes"] == known
     assert (metrics["num_known"], metrics["num_unknown"]) == (18, 8)  # 2 videos per class
     assert (tmp_path / "eval" / "open_set_test_scores.png").is_file()
+    if "coop" in model:  # all 13 names: the 9 known, then the 4 unknown ones
+        assert set(metrics["naming"]) == {"naming_top1", "named_of_rejected", "all_classes_top1"}
+        assert "naming" in summary
+    else:  # a linear head cannot name classes it never learned
+        assert "naming" not in metrics
     # Without a test split the thresholds would be reported on the data that chose them.
     no_test = config.read_text().replace("num_test: 26, ", "")
     config.write_text(no_test)
@@ -175,3 +186,20 @@ def test_known_classes_from_a_file(tmp_path):
     missing = config_from_dict({"data": {"known_classes": str(tmp_path / "no.txt")}})
     with pytest.raises(ConfigError, match="no.txt does not exist"):
         known_class_names(missing.data)
+
+
+def test_a_text_head_names_the_unknowns_it_rejects():
+    """Scores over all names: rejected unknown videos are named among the unknown names."""
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.55, 0.45]])
+    test = Scores(probs, torch.tensor([0, 2, 3, 3]), torch.arange(4), probs.log())
+    everything_probs = torch.tensor([[0.7, 0.1, 0.1, 0.1],  # known, right
+                                     [0.1, 0.1, 0.7, 0.1],  # unknown 2, named right
+                                     [0.1, 0.1, 0.6, 0.2],  # unknown 3, named 2: wrong
+                                     [0.5, 0.1, 0.1, 0.3]])  # unknown 3, among unknowns: 3
+    everything = Scores(everything_probs, test.labels, test.indices, everything_probs.log())
+    metrics = {"known_classes": ["a", "b"], "best_score": "max_softmax",
+               "scores": {"max_softmax": {"threshold": 0.8}}}
+    naming = naming_metrics(test, everything, metrics)
+    assert naming["named_of_rejected"] == 3
+    assert naming["naming_top1"] == pytest.approx(200 / 3)
+    assert naming["all_classes_top1"] == 50.0  # rows 0 and 1

@@ -142,7 +142,7 @@ def load_split(data: DataConfig, split: str, classes: list[str] | None = None,
     (``data.classes`` or the file's own) and half of the classes are kept, renumbered;
     ``classes`` may then name the full list or the subset. With ``data.known_classes`` (open
     set) the known classes are kept, renumbered in that list's order, and with ``unknowns``
-    the other videos too, labelled -1.
+    the other videos too, their classes listed (and labelled) after the known ones.
     """
     path = getattr(data, split)
     if path is None:
@@ -155,7 +155,9 @@ def load_split(data: DataConfig, split: str, classes: list[str] | None = None,
         key, subset = "known_classes", known_subset(full, known_class_names(data), unknowns)
     else:
         key, subset = f"class_subset {data.class_subset}", class_subset(full, data.class_subset)
-    if classes is not None and list(classes) not in (full.classes, subset.classes):
+    # The known classes lead the list when the unknown ones follow (open-set evaluation).
+    given = subset.classes[: len(classes)] if classes is not None and unknowns else None
+    if classes is not None and list(classes) not in (full.classes, subset.classes, given):
         raise ConfigError(
             f"data.{key}: the classes of {path} differ from those given (e.g. a checkpoint's); "
             "set data.classes to a class-name file"
@@ -226,7 +228,8 @@ def build_dataset(
     unknowns: bool = False,
 ) -> VideoDataset:
     """The dataset of ``split`` (few-shot subset in training when ``data.shots`` is set; the
-    unknown classes' videos too, labelled -1, with ``unknowns`` and ``data.known_classes``)."""
+    unknown classes' videos too, labelled after the known ones, with ``unknowns`` and
+    ``data.known_classes``)."""
     annotation = load_split(cfg.data, split, classes, unknowns)
     if train and cfg.data.shots is not None:
         annotation = keep_shots(annotation, cfg.data.shots, cfg.train.seed)

@@ -15,6 +15,7 @@ import torch
 from ..config import ExperimentConfig
 from ..data.dataset import VideoDataset
 from ..errors import ConfigError
+from ..methods.text_head import TextHead
 from ..models import VideoModel
 from .build import build_dataset, build_model, resolve_data
 from .checkpoint import AdapterCheckpoint, load_adapter
@@ -22,7 +23,7 @@ from .data import ShardedSampler, make_loader, pins_memory
 from .distributed import DistInfo
 from .evaluate import Scores, classification_metrics, left_out, predict
 from .features import feature_datasets
-from .open_set import open_set_metrics
+from .open_set import naming_metrics, open_set_metrics
 from .trainer import autocast_dtype
 
 logger = logging.getLogger("vidadapt")
@@ -95,14 +96,18 @@ def evaluate_open_set(
     load_adapter(model, checkpoint, checkpoint_path)
     model.to(dist.device)
     amp_dtype = autocast_dtype(cfg.train.amp, dist.device)
-    scores, skipped = {}, {}
+    scores, datasets = {}, {}
     for name in ("val", split):
-        dataset = build_dataset(cfg, name, train=False, classes=checkpoint.classes,
-                                views=views, unknowns=True)
-        scores[name] = score_views(cfg, model, dataset, amp_dtype, dist)
-        skipped[name] = left_out(dataset, len(scores[name].labels), dist)
+        datasets[name] = build_dataset(cfg, name, train=False, classes=checkpoint.classes,
+                                       views=views, unknowns=True)
+        scores[name] = score_views(cfg, model, datasets[name], amp_dtype, dist)
     metrics = open_set_metrics(scores["val"], scores[split], checkpoint.classes)
-    metrics.update(views={"clips": views[0], "crops": views[1]}, skipped=skipped[split])
+    if isinstance(model.head, TextHead):  # it can name what it never learned
+        model.set_classes(datasets[split].classes)
+        everything = score_views(cfg, model, datasets[split], amp_dtype, dist)
+        metrics["naming"] = naming_metrics(scores[split], everything, metrics)
+    skipped = left_out(datasets[split], len(scores[split].labels), dist)
+    metrics.update(views={"clips": views[0], "crops": views[1]}, skipped=skipped)
     return metrics
 
 

@@ -1,7 +1,9 @@
 """Open-set recognition: a model taught some classes must also say "none of them".
 
 The protocol (``data.known_classes``, ``vidadapt eval --open-set``): the model trains on the
-known classes' videos only; at test every video counts, the unknown classes' ones labelled -1.
+known classes' videos only; at test every video counts, the unknown classes' ones labelled after
+the known classes (K and up), so that a model that can name classes it never learned (a text
+head) can be asked to name them.
 Each video gets a *known-ness score* from the model's view-averaged outputs (:data:`SCORES`,
 higher = more likely a known class). Reported per score:
 
@@ -9,7 +11,10 @@ higher = more likely a known class). Reported per score:
 * ``open_macro_f1``: macro F1 over the known classes plus "unknown", predicting the top class
   when the score passes a threshold and "unknown" otherwise. The threshold is chosen on the
   validation split (the one maximising its open macro-F1), never on test;
-* closed-set accuracy: top-1 on the known test videos alone.
+* closed-set accuracy: top-1 on the known test videos alone;
+* for a text head (CLIP methods), zero-shot naming: the unknown test videos that the best
+  score rejects, classified among the unknown classes' names (``naming_top1``), and every test
+  video classified among all names (``all_classes_top1``).
 """
 
 from __future__ import annotations
@@ -31,22 +36,29 @@ from .evaluate import Scores
 
 logger = logging.getLogger("vidadapt")
 
-UNKNOWN = -1  # the label of an unknown class's video
+UNKNOWN = -1  # the prediction "none of the known classes"
 
 
 def known_subset(annotation: Annotation, known: list[str], keep_unknown: bool) -> Annotation:
     """The known classes' videos, labels renumbered in ``known``'s order; with
-    ``keep_unknown`` the other videos too, labelled :data:`UNKNOWN`."""
+    ``keep_unknown`` the other videos too, their classes listed after the known ones."""
     missing = [name for name in known if name not in annotation.classes]
     if missing:
         near = difflib.get_close_matches(missing[0], annotation.classes, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ConfigError(f"data.known_classes: {missing[0]!r}{hint} is not a class of "
                           f"{annotation.source}")
-    relabel = {annotation.classes.index(name): i for i, name in enumerate(known)}
-    records = [replace(r, label=relabel.get(r.label, UNKNOWN)) for r in annotation.records
-               if keep_unknown or r.label in relabel]
-    return Annotation(records, list(known), annotation.source)
+    unknown = [name for name in annotation.classes if name not in known] if keep_unknown else []
+    order = {name: i for i, name in enumerate([*known, *unknown])}
+    relabel = {i: order[name] for i, name in enumerate(annotation.classes) if name in order}
+    records = [replace(r, label=relabel[r.label]) for r in annotation.records
+               if r.label in relabel]
+    return Annotation(records, [*known, *unknown], annotation.source)
+
+
+def open_labels(labels: Tensor, num_known: int) -> Tensor:
+    """Labels with every unknown class (``num_known`` and up) as :data:`UNKNOWN`."""
+    return torch.where(labels >= num_known, UNKNOWN, labels)
 
 
 def evidential_uncertainty(logits: Tensor) -> Tensor:
@@ -106,13 +118,17 @@ def best_threshold(probs: Tensor, score: Tensor, labels: Tensor) -> float:
 
 def open_set_metrics(val: Scores, test: Scores, classes: list[str]) -> dict[str, Any]:
     """Every score's AUROC and open macro-F1 on ``test`` with its threshold from ``val``, and the
-    closed-set accuracy on the known test videos."""
+    closed-set accuracy on the known test videos. ``classes``: the known classes, which the
+    scores' columns are; labels from ``len(classes)`` up are unknown classes."""
+    K = len(classes)
     for name, scores in (("validation", val), ("test", test)):
-        if not (scores.labels == UNKNOWN).any() or (scores.labels == UNKNOWN).all():
+        unknown = scores.labels >= K
+        if not unknown.any() or unknown.all():
             raise ConfigError(f"open set: the {name} split needs videos of known and of "
                               "unknown classes (data.known_classes leaves the others unknown)")
-    known = test.labels != UNKNOWN
-    closed = (test.probs[known].argmax(dim=-1) == test.labels[known]).double().mean()
+    val_labels, test_labels = open_labels(val.labels, K), open_labels(test.labels, K)
+    known = test_labels != UNKNOWN
+    closed = (test.probs[known].argmax(dim=-1) == test_labels[known]).double().mean()
     result: dict[str, Any] = {
         "known_classes": list(classes),
         "num_known": int(known.sum()), "num_unknown": int((~known).sum()),
@@ -121,11 +137,11 @@ def open_set_metrics(val: Scores, test: Scores, classes: list[str]) -> dict[str,
     }
     for name, fn in SCORES.items():
         val_score, test_score = fn(val.probs, val.logits), fn(test.probs, test.logits)
-        threshold = best_threshold(val.probs, val_score, val.labels)
+        threshold = best_threshold(val.probs, val_score, val_labels)
         predicted = open_predictions(test.probs, test_score, threshold)
         result["scores"][name] = {
             "auroc": auroc(test_score[known], test_score[~known]),
-            "open_macro_f1": open_macro_f1(predicted, test.labels, len(classes)),
+            "open_macro_f1": open_macro_f1(predicted, test_labels, K),
             "threshold": threshold,
             "known": test_score[known].tolist(),  # for the histograms
             "unknown": test_score[~known].tolist(),
@@ -133,6 +149,24 @@ def open_set_metrics(val: Scores, test: Scores, classes: list[str]) -> dict[str,
     best = max(result["scores"], key=lambda n: result["scores"][n]["auroc"])
     result["best_score"] = best
     return result
+
+
+def naming_metrics(test: Scores, everything: Scores, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Zero-shot naming by a text head: ``everything`` holds the test videos' scores over all
+    class names (known then unknown). Among the unknown videos the best score rejects, the share
+    named right among the unknown names; and top-1 of every test video among all names."""
+    K = len(metrics["known_classes"])
+    best = metrics["scores"][metrics["best_score"]]
+    score = SCORES[metrics["best_score"]](test.probs, test.logits)
+    rejected = (score < best["threshold"]) & (test.labels >= K)
+    named = everything.probs[:, K:].argmax(dim=-1) + K  # [N], among the unknown names
+    right = named[rejected] == test.labels[rejected]
+    overall = everything.probs.argmax(dim=-1) == everything.labels
+    return {
+        "naming_top1": float(right.double().mean() * 100) if rejected.any() else None,
+        "named_of_rejected": int(rejected.sum()),
+        "all_classes_top1": float(overall.double().mean() * 100),
+    }
 
 
 def plot_histograms(metrics: dict[str, Any], path: Path) -> Path | None:
@@ -161,12 +195,14 @@ def plot_histograms(metrics: dict[str, Any], path: Path) -> Path | None:
 
 
 def open_set_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers: closed-set top-1 and each score's AUROC and open macro-F1."""
+    """The headline numbers: closed-set top-1, each score's AUROC and open macro-F1, and a
+    text head's naming of the unknowns."""
     return {
         "closed_set_top1": round(metrics["closed_set_top1"], 2),
         "best_score": metrics["best_score"],
         **{name: {"auroc": round(s["auroc"], 4), "open_macro_f1": round(s["open_macro_f1"], 2)}
            for name, s in metrics["scores"].items()},
+        **({"naming": metrics["naming"]} if "naming" in metrics else {}),
     }
 
 
