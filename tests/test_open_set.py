@@ -41,19 +41,32 @@ def test_open_macro_f1_counts_unknown_as_one_more_class():
     predicted = torch.tensor([0, 1, 1, UNKNOWN, 0])
     # class 0: tp 1, fp 1, fn 1 -> 1/2; class 1: tp 1, fp 1 -> 2/3; unknown: tp 1, fn 1 -> 2/3
     assert open_macro_f1(predicted, labels, 2) == pytest.approx(100 * (1 / 2 + 2 / 3 + 2 / 3) / 3)
+    # A known class that is neither a label nor a prediction is left out, as scikit-learn does.
+    assert open_macro_f1(predicted, labels, 3) == open_macro_f1(predicted, labels, 2)
     probs = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]])
     assert open_predictions(probs, probs.amax(1), 0.7).tolist() == [0, UNKNOWN, 1]
 
 
-def test_the_threshold_is_the_best_of_the_validation_scores():
-    generator = torch.Generator().manual_seed(0)
-    probs = torch.rand(60, 3, generator=generator).softmax(1)
-    labels = torch.randint(-1, 3, (60,), generator=generator)
-    score = torch.rand(60, generator=generator)
+@pytest.mark.parametrize("seed", range(5))
+def test_the_threshold_sweep_finds_the_best_validation_f1(seed):
+    """The one-pass sweep against trying every candidate (each score value, with ties, and
+    rejecting everything)."""
+    generator = torch.Generator().manual_seed(seed)
+    probs = torch.rand(80, 4, generator=generator).softmax(1)
+    labels = torch.randint(-1, 4, (80,), generator=generator)
+    score = (torch.rand(80, generator=generator) * 10).round() / 10  # many ties
+    candidates = [*score.unique().tolist(), score.max().item() + 1]
+    f1 = {t: open_macro_f1(open_predictions(probs, score, t), labels, 4) for t in candidates}
     chosen = best_threshold(probs, score, labels)
-    f1 = {t.item(): open_macro_f1(open_predictions(probs, score, t.item()), labels, 3)
-          for t in score}
-    assert f1[chosen] == max(f1.values())
+    assert open_macro_f1(open_predictions(probs, score, chosen), labels, 4) == \
+        pytest.approx(max(f1.values()))
+
+
+def test_rejecting_everything_can_be_best():
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2]])
+    labels = torch.tensor([UNKNOWN, UNKNOWN])
+    threshold = best_threshold(probs, probs.amax(1), labels)
+    assert threshold > 0.9 and open_predictions(probs, probs.amax(1), threshold).eq(UNKNOWN).all()
 
 
 def test_evidential_uncertainty_is_classes_over_dirichlet_strength():
@@ -87,7 +100,7 @@ def test_metrics_need_known_and_unknown_videos_in_both_splits():
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
     known_only = Scores(probs, torch.tensor([0, 1]), torch.arange(2), probs.log())
     mixed = Scores(probs, torch.tensor([0, 2]), torch.arange(2), probs.log())  # 2: unknown
-    with pytest.raises(ConfigError, match="the validation split needs videos of known and of "
+    with pytest.raises(ConfigError, match="the val split needs videos of known and of "
                                           "unknown classes"):
         open_set_metrics(known_only, mixed, ["a", "b"])
     metrics = open_set_metrics(mixed, mixed, ["a", "b"])
@@ -129,8 +142,9 @@ train: {{amp: off, work_dir: {tmp_path / 'run'}, feature_cache: off}}
     assert cli(["eval", "--checkpoint", best, "--open-set", "--split", "test",
                 "--out", str(tmp_path / "eval")]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(summary) - {"naming"} == {"closed_set_top1", "best_score", "max_softmax",
-                                         "max_logit", "energy", "evidential"}
+    scores = {"max_softmax", "max_logit", "energy"} | ({"evidential"} if "linear" in model
+                                                        else set())  # text heads: no evidence
+    assert set(summary) - {"naming"} == {"closed_set_top1", "best_score", *scores}
     metrics = json.loads((tmp_path / "eval" / "open_set_test.json").read_text())
     assert metrics["known_classes"] == known
     assert (metrics["num_known"], metrics["num_unknown"]) == (18, 8)  # 2 videos per class
@@ -203,3 +217,23 @@ def test_a_text_head_names_the_unknowns_it_rejects():
     assert naming["named_of_rejected"] == 3
     assert naming["naming_top1"] == pytest.approx(200 / 3)
     assert naming["all_classes_top1"] == 50.0  # rows 0 and 1
+
+
+def test_training_and_its_validation_see_the_known_classes_only(tmp_path):
+    from vidadapt.engine.build import build_dataset, resolve_data
+
+    make_synthetic(tmp_path / "v", 26, 26, frames=4, size=16, workers=1, progress=False)
+    known = ["static ring", "moving left"]
+    cfg = config_from_dict({"data": {
+        "dataset": "synthetic", "root": str(tmp_path / "v"), "known_classes": known,
+        "synthetic": {"num_train": 26, "num_val": 26, "frames": 4, "size": 16},
+        "transform": {"size": 16, "short_side": 16}, "num_workers": 0}})
+    cfg.data = resolve_data(cfg.data)
+    train = build_dataset(cfg, "train", train=True)
+    assert train.classes == known and sorted(r.label for r in train.records) == [0, 0, 1, 1]
+    everything = build_dataset(cfg, "val", train=False, classes=known, unknowns=True)
+    assert everything.classes[:2] == known and len(everything.records) == 26
+    base_to_new = cfg
+    base_to_new.data.class_subset = "base"  # as `vidadapt base-to-new` swaps it in
+    with pytest.raises(ConfigError, match="choose classes two ways"):
+        build_dataset(base_to_new, "train", train=True)

@@ -151,6 +151,9 @@ def load_split(data: DataConfig, split: str, classes: list[str] | None = None,
     if data.class_subset == "all" and data.known_classes is None:
         return load_annotation(path, root=root, format=data.format, classes=classes)
     full = load_annotation(path, root=root, format=data.format, classes=read_classes(data))
+    if data.known_classes is not None and data.class_subset != "all":
+        raise ConfigError("data.known_classes (open set) and data.class_subset (base-to-new) "
+                          "choose classes two ways; set one")
     if data.known_classes is not None:
         key, subset = "known_classes", known_subset(full, known_class_names(data), unknowns)
     else:

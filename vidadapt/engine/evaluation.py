@@ -23,7 +23,7 @@ from .data import ShardedSampler, make_loader, pins_memory
 from .distributed import DistInfo
 from .evaluate import Scores, classification_metrics, left_out, predict
 from .features import feature_datasets
-from .open_set import naming_metrics, open_set_metrics
+from .open_set import SCORES, check_known_and_unknown, naming_metrics, open_set_metrics
 from .trainer import autocast_dtype
 
 logger = logging.getLogger("vidadapt")
@@ -96,14 +96,19 @@ def evaluate_open_set(
     load_adapter(model, checkpoint, checkpoint_path)
     model.to(dist.device)
     amp_dtype = autocast_dtype(cfg.train.amp, dist.device)
-    scores, datasets = {}, {}
-    for name in ("val", split):
-        datasets[name] = build_dataset(cfg, name, train=False, classes=checkpoint.classes,
-                                       views=views, unknowns=True)
-        scores[name] = score_views(cfg, model, datasets[name], amp_dtype, dist)
-    metrics = open_set_metrics(scores["val"], scores[split], checkpoint.classes)
-    if isinstance(model.head, TextHead):  # it can name what it never learned
-        model.set_classes(datasets[split].classes)
+    K = len(checkpoint.classes)
+    datasets = {name: build_dataset(cfg, name, train=False, classes=checkpoint.classes,
+                                    views=views, unknowns=True) for name in ("val", split)}
+    for name, dataset in datasets.items():  # before hours of scoring, not after
+        check_known_and_unknown(torch.tensor([r.label for r in dataset.records]), K, name)
+    scores = {name: score_views(cfg, model, dataset, amp_dtype, dist)
+              for name, dataset in datasets.items()}
+    text_head = isinstance(model.head, TextHead)
+    # A text head's logits are scaled cosines (about 20-35): all clamped evidence, no signal.
+    names = [n for n in SCORES if not (text_head and n == "evidential")]
+    metrics = open_set_metrics(scores["val"], scores[split], checkpoint.classes, names)
+    if text_head and model.head.cache is None:  # it can name classes it never learned (a
+        model.set_classes(datasets[split].classes)  # Tip-Adapter cache holds known ones only)
         everything = score_views(cfg, model, datasets[split], amp_dtype, dist)
         metrics["naming"] = naming_metrics(scores[split], everything, metrics)
     skipped = left_out(datasets[split], len(scores[split].labels), dist)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -78,14 +79,11 @@ SCORES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 
 def auroc(known: Tensor, unknown: Tensor) -> float:
-    """P(score of a known video > score of an unknown one), ties counting half."""
+    """P(score of a known video > score of an unknown one), ties counting half (the
+    Mann-Whitney statistic from the scores' ranks, ties sharing their mean rank)."""
     scores = torch.cat([known, unknown]).double()
-    order = scores.argsort()
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    for value in scores[order].unique_consecutive():  # average ranks over ties
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
+    _, inverse, counts = scores.unique(return_inverse=True, return_counts=True)
+    ranks = (counts.cumsum(0) - (counts - 1) / 2)[inverse]  # 1-based mean rank of each score
     n_known, n_unknown = len(known), len(unknown)
     wins = ranks[:n_known].sum() - n_known * (n_known + 1) / 2
     return float(wins / (n_known * n_unknown))
@@ -97,35 +95,82 @@ def open_predictions(probs: Tensor, score: Tensor, threshold: float) -> Tensor:
 
 
 def open_macro_f1(predicted: Tensor, labels: Tensor, num_known: int) -> float:
-    """Macro F1 (%) over the known classes and "unknown", as one more class."""
+    """Macro F1 (%) over the known classes and "unknown", as one more class, counting the
+    classes that occur among the labels or the predictions (as scikit-learn's macro F1, which
+    DEAR reports)."""
     f1s = []
     for c in [*range(num_known), UNKNOWN]:
         tp = ((predicted == c) & (labels == c)).sum().item()
         fp = ((predicted == c) & (labels != c)).sum().item()
         fn = ((predicted != c) & (labels == c)).sum().item()
-        f1s.append(2 * tp / max(2 * tp + fp + fn, 1))
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
     return 100 * sum(f1s) / len(f1s)
 
 
 def best_threshold(probs: Tensor, score: Tensor, labels: Tensor) -> float:
-    """The threshold maximising open macro-F1 on these (validation) videos: every score value
-    is a candidate."""
-    candidates = score.unique()
-    f1 = [open_macro_f1(open_predictions(probs, score, t.item()), labels, probs.shape[1])
-          for t in candidates]
-    return float(candidates[int(torch.tensor(f1).argmax())])
+    """The threshold maximising open macro-F1 on these (validation) videos, among every score
+    value and "reject all": one sweep down the sorted scores, each accepted video moving its
+    prediction from "unknown" to its top class (O(N log N), not one F1 per candidate)."""
+    K = probs.shape[1]
+    top = probs.argmax(dim=-1).tolist()
+    truth = [K if label == UNKNOWN else label for label in labels.tolist()]  # K: "unknown"
+    tp, fp, fn = [0] * (K + 1), [0] * (K + 1), [0] * (K + 1)
+    for label in truth:  # everything rejected: every video predicted "unknown"
+        if label == K:
+            tp[K] += 1
+        else:
+            fp[K] += 1
+            fn[label] += 1
+
+    def f1(c: int) -> float | None:  # None: the class occurs nowhere, as scikit-learn skips it
+        total = 2 * tp[c] + fp[c] + fn[c]
+        return 2 * tp[c] / total if total else None
+
+    per_class = [f1(c) for c in range(K + 1)]
+    total, present = sum(v for v in per_class if v is not None), sum(v is not None
+                                                                     for v in per_class)
+    values = score.tolist()
+    best_f1, best = total / present, float(torch.nextafter(score.max(), torch.tensor(math.inf)))
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    for n, i in enumerate(order):
+        label, c = truth[i], top[i]
+        if label == K:  # a rejected unknown video becomes a wrong known prediction
+            tp[K], fn[K] = tp[K] - 1, fn[K] + 1
+        else:
+            fp[K] -= 1
+        if label == c:
+            tp[c], fn[c] = tp[c] + 1, fn[c] - 1
+        else:
+            fp[c] += 1
+        for changed in {K, c}:
+            old, new = per_class[changed], f1(changed)
+            total += (new or 0.0) - (old or 0.0)
+            present += (new is not None) - (old is not None)
+            per_class[changed] = new
+        last_of_ties = n + 1 == len(order) or values[order[n + 1]] != values[i]
+        if last_of_ties and total / present > best_f1:
+            best_f1, best = total / present, values[i]
+    return best
 
 
-def open_set_metrics(val: Scores, test: Scores, classes: list[str]) -> dict[str, Any]:
-    """Every score's AUROC and open macro-F1 on ``test`` with its threshold from ``val``, and the
-    closed-set accuracy on the known test videos. ``classes``: the known classes, which the
-    scores' columns are; labels from ``len(classes)`` up are unknown classes."""
+def check_known_and_unknown(labels: Tensor, num_known: int, split: str) -> None:
+    """An open-set split needs videos of known classes and of unknown ones."""
+    unknown = labels >= num_known
+    if not unknown.any() or unknown.all():
+        raise ConfigError(f"open set: the {split} split needs videos of known and of unknown "
+                          "classes (data.known_classes leaves the others unknown)")
+
+
+def open_set_metrics(val: Scores, test: Scores, classes: list[str],
+                     scores: Sequence[str] = tuple(SCORES)) -> dict[str, Any]:
+    """Every score's AUROC and open macro-F1 on ``test`` with its threshold from ``val``, the
+    closed-set accuracy on the known test videos, and the score with the best validation AUROC.
+    ``classes``: the known classes, which the scores' columns are; labels from ``len(classes)``
+    up are unknown classes."""
     K = len(classes)
-    for name, scores in (("validation", val), ("test", test)):
-        unknown = scores.labels >= K
-        if not unknown.any() or unknown.all():
-            raise ConfigError(f"open set: the {name} split needs videos of known and of "
-                              "unknown classes (data.known_classes leaves the others unknown)")
+    check_known_and_unknown(val.labels, K, "val")
+    check_known_and_unknown(test.labels, K, "test")
     val_labels, test_labels = open_labels(val.labels, K), open_labels(test.labels, K)
     known = test_labels != UNKNOWN
     closed = (test.probs[known].argmax(dim=-1) == test_labels[known]).double().mean()
@@ -135,7 +180,9 @@ def open_set_metrics(val: Scores, test: Scores, classes: list[str]) -> dict[str,
         "closed_set_top1": float(closed * 100),
         "scores": {},
     }
-    for name, fn in SCORES.items():
+    val_known = val_labels != UNKNOWN
+    for name in scores:
+        fn = SCORES[name]
         val_score, test_score = fn(val.probs, val.logits), fn(test.probs, test.logits)
         threshold = best_threshold(val.probs, val_score, val_labels)
         predicted = open_predictions(test.probs, test_score, threshold)
@@ -143,11 +190,12 @@ def open_set_metrics(val: Scores, test: Scores, classes: list[str]) -> dict[str,
             "auroc": auroc(test_score[known], test_score[~known]),
             "open_macro_f1": open_macro_f1(predicted, test_labels, K),
             "threshold": threshold,
+            "val_auroc": auroc(val_score[val_known], val_score[~val_known]),
             "known": test_score[known].tolist(),  # for the histograms
             "unknown": test_score[~known].tolist(),
         }
-    best = max(result["scores"], key=lambda n: result["scores"][n]["auroc"])
-    result["best_score"] = best
+    # The score to trust is chosen on validation too.
+    result["best_score"] = max(scores, key=lambda n: result["scores"][n]["val_auroc"])
     return result
 
 

@@ -33,7 +33,8 @@ EPS = 1e-10
 @dataclass
 class EvidentialConfig:
     calibration: bool = True  # add the uncertainty calibration (AvU) term, as DEAR does
-    annealing_start: float = 0.01  # a0: the calibration weight lambda runs from a0 to 1
+    annealing_start: float = 0.01  # a0: the calibration weight lambda = a0^(1 - progress)
+    # grows from a0 towards 1 over training
 
 
 def dirichlet(logits: Tensor) -> tuple[Tensor, Tensor]:
