@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                          "train.txt/val.txt/classes.txt) to a folder."),
     "train": ("train", "Train a model from a YAML recipe (GPUs: torchrun --nproc_per_node N -m "
                        "vidadapt train)."),
+    "pretrain": ("pretrain", "Self-supervised adaptation: train a method's parts on unlabeled "
+                             "clips by a pretext task (ssl.objective)."),
     "eval": ("eval", "Evaluate an adapter checkpoint with multi-view testing (clips x crops); "
                      "metrics + plots."),
     "base-to-new": ("base_to_new", "Base-to-new generalisation of a CLIP method: base and new "

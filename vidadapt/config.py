@@ -141,6 +141,14 @@ class TrainConfig:
 
 
 @dataclass
+class SSLConfig:
+    objective: Literal["order", "arrow", "speed"] = "order"  # `vidadapt pretrain`'s pretext
+    # task on unlabeled clips (engine/pretext.py): order = in order or shuffled; arrow = forwards
+    # or backwards; speed = played at 1x, 2x, 4x... max_speed
+    max_speed: int = 4  # speed only: the fastest playback, a power of 2
+
+
+@dataclass
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # what to build
     method: dict[str, Any] = field(default_factory=dict)  # method options; a recipe writes a
@@ -148,6 +156,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)  # what to read
     optim: OptimConfig = field(default_factory=OptimConfig)  # how to step
     train: TrainConfig = field(default_factory=TrainConfig)  # how to run
+    ssl: SSLConfig = field(default_factory=SSLConfig)  # `vidadapt pretrain`'s objective
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as a recipe writes it (every method option spelled out)."""

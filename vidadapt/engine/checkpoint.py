@@ -215,15 +215,20 @@ def _complete_options(options: dict[str, dict[str, Any]]) -> dict[str, dict[str,
 
 
 def load_adapter(
-    model: VideoModel, checkpoint: AdapterCheckpoint | str | os.PathLike, source: str = ""
+    model: VideoModel, checkpoint: AdapterCheckpoint | str | os.PathLike, source: str = "",
+    keep_head: bool = False,
 ) -> AdapterCheckpoint:
     """Load an adapter checkpoint into ``model``, after checking it was trained for this
-    architecture and on this frozen backbone. Returns the checkpoint that was read."""
+    architecture and on this frozen backbone. ``keep_head``: load everything but the head,
+    which the model keeps (a checkpoint whose head answered other classes: a pretext task's).
+    Returns the checkpoint that was read."""
     if not isinstance(checkpoint, AdapterCheckpoint):
         source = source or str(checkpoint)
         checkpoint = read_adapter(checkpoint)
     source = source or "checkpoint"
     for field in _ARCHITECTURE_FIELDS:
+        if keep_head and field == "num_classes":
+            continue
         theirs, ours = getattr(checkpoint.spec, field), getattr(model.spec, field)
         if field == "options":  # an option added since the file was written has its default
             theirs, ours = _complete_options(theirs), _complete_options(ours)
@@ -238,8 +243,13 @@ def load_adapter(
             f"checkpoint {source} was trained on backbone {checkpoint.fingerprint}, this "
             f"model's is {ours}; pass the same --set model.pretrained=... as in training"
         )
+    state = checkpoint.state
+    if keep_head:
+        state = {**{k: v for k, v in state.items() if not k.startswith("head.")},
+                 **{k: v for k, v in model.trainable_state_dict().items()
+                    if k.startswith("head.")}}
     try:
-        model.load_trainable_state_dict(checkpoint.state)
+        model.load_trainable_state_dict(state)
     except KeyError as err:
         raise CheckpointError(f"checkpoint {source}: {err.args[0]}") from err
     return checkpoint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -11,16 +12,23 @@ from ..config import ExperimentConfig
 from ..errors import ConfigError
 from ..models import VideoModel
 from .build import build_dataset, build_model, check_num_classes, read_classes, resolve_data
-from .checkpoint import load_adapter
+from .checkpoint import load_adapter, read_adapter
 from .distributed import DistInfo
+from .pretext import PretextClips, is_pretext, pretext_classes
 from .trainer import Trainer
 
 logger = logging.getLogger("vidadapt")
 
 
 def start_from(model: VideoModel, path: str, classes: list[str]) -> None:
-    """Load the tuned tensors of the adapter checkpoint at ``path`` (``model.init_from``)."""
-    checkpoint = load_adapter(model, path)
+    """Load the tuned tensors of the adapter checkpoint at ``path`` (``model.init_from``); from
+    a pretext task's (``vidadapt pretrain``), all but its head."""
+    pretrained = read_adapter(path)
+    if is_pretext(pretrained.classes):
+        load_adapter(model, pretrained, path, keep_head=True)
+        logger.info("starting from %s (self-supervised; a new head)", path)
+        return
+    checkpoint = load_adapter(model, pretrained, path)
     if checkpoint.classes and checkpoint.classes != list(classes):
         raise ConfigError(f"{path} was trained on classes {checkpoint.classes[:3]}..., this "
                           f"data has {list(classes)[:3]}...: its head rows would mean other "
@@ -45,6 +53,43 @@ def train_experiment(
     logger.info("%s on %s: %s tunable of %s parameters (%.2f%%)", cfg.model.method,
                 cfg.model.backbone, f"{counts['tunable']:,}", f"{counts['total']:,}",
                 100 * counts["tunable"] / counts["total"])
+    with logging_redirect_tqdm([logger]):
+        summary = Trainer(cfg, model, train_set, val_set, classes, dist).fit(resume)
+    return {**summary, "params": counts}
+
+
+def pretrain_experiment(
+    cfg: ExperimentConfig, resume: bool = False, dist: DistInfo | None = None
+) -> dict[str, Any]:
+    """Train the method's parts on the training split's clips without their labels, on the
+    pretext task ``cfg.ssl.objective`` (``engine.pretext``), validated on the same task on the
+    val split. The checkpoints answer the pretext's classes; ``vidadapt train`` with
+    ``model.init_from`` starts from their parts with a new head."""
+    dist = dist or DistInfo()
+    cfg.data = resolve_data(cfg.data, dist)
+    ssl, frames = cfg.ssl, cfg.model.num_frames
+    if frames < 2:
+        raise ConfigError("model.num_frames: a pretext task on time needs at least 2 frames")
+    classes = pretext_classes(ssl.objective, ssl.max_speed)
+    sampled = replace(cfg, model=replace(cfg.model, num_frames=frames * ssl.max_speed),
+                      data=replace(cfg.data, sampler=replace(
+                          cfg.data.sampler, interval=max(cfg.data.sampler.interval //
+                                                         ssl.max_speed, 1)))) \
+        if ssl.objective == "speed" else cfg  # speed: clips max_speed times longer and denser
+
+    def pretext(split: str, train: bool) -> PretextClips:
+        clips = build_dataset(sampled, split, train=train, classes=read_classes(cfg.data))
+        return PretextClips(clips, ssl.objective, frames, cfg.train.seed, ssl.max_speed)
+
+    train_set = pretext("train", True)
+    val_set = pretext("val", False) if cfg.data.val else None
+    model = build_model(cfg, len(classes))
+    if not any(p.requires_grad for p in model.feature_parameters()):
+        raise ConfigError(f"method {cfg.model.method} trains nothing before its head: a "
+                          "pretext task has nothing to adapt (pretrain adapters, prompts, LoRA)")
+    counts = model.parameter_counts()
+    logger.info("pretraining %s on %s by %s: %s tunable parameters", cfg.model.method,
+                cfg.model.backbone, ssl.objective, f"{counts['tunable']:,}")
     with logging_redirect_tqdm([logger]):
         summary = Trainer(cfg, model, train_set, val_set, classes, dist).fit(resume)
     return {**summary, "params": counts}
