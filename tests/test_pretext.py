@@ -10,8 +10,10 @@ import torch
 from torch.utils.data import Dataset
 
 from vidadapt.cli import main as cli
+from vidadapt.config import config_from_dict
 from vidadapt.data.synthetic import make_synthetic
 from vidadapt.engine.checkpoint import read_adapter
+from vidadapt.engine.experiment import check_pretrainable
 from vidadapt.engine.pretext import PretextClips, is_pretext, pretext_classes
 from vidadapt.errors import ConfigError
 
@@ -74,14 +76,30 @@ def test_draws_follow_seed_epoch_and_index():
         [frames_of(b[i]["video"]) for i in range(8)]
 
 
-def test_pretext_classes():
+def test_pretext_classes_and_settings_that_cannot_work():
     assert is_pretext(pretext_classes("order")) and not is_pretext(["a", "b"])
     with pytest.raises(ConfigError, match="ssl.max_speed must be a power of 2"):
-        pretext_classes("speed", 3)
+        config_from_dict({"ssl": {"max_speed": 3}})
+    refused = {
+        "data.motion: motion maps are computed before": {
+            "model": {"backbone": "vit_tiny", "method": "motion_prompt"}},
+        "a pretext task is answered by a linear head": {
+            "model": {"backbone": "vit_tiny_clip", "method": "lora+coop"}},
+        "init_from is for vidadapt train": {"model": {"init_from": "x.safetensors"}},
+        "interval: 6 is not a multiple of ssl.max_speed 4": {
+            "ssl": {"objective": "speed"}, "data": {"sampler": {"interval": 6}}},
+    }
+    for message, data in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            check_pretrainable(config_from_dict(data))
 
 
 def test_pretrain_then_train_from_its_adapters(tmp_path, capsys):
     make_synthetic(tmp_path / "videos", 13, 13, frames=8, size=16, workers=1, progress=False)
+    # A broken training video and a broken validation one, and augmentation left to the device:
+    # the pretext's batches go through the dataset's own collation.
+    (tmp_path / "videos" / "train" / "00003.mp4").write_bytes(b"truncated")
+    (tmp_path / "videos" / "val" / "00004.mp4").write_bytes(b"")
     config = tmp_path / "pretrain.yaml"
     config.write_text(f"""
 model: {{method: st_adapter, backbone: vit_tiny, num_frames: 4}}
@@ -95,6 +113,7 @@ data:
   batch_size: 13
   num_workers: 0
   test_clips: 1
+  gpu_augment: true
 optim: {{epochs: 1, warmup_epochs: 0}}
 ssl: {{objective: order}}
 train: {{amp: off, work_dir: {tmp_path / 'pre'}}}
@@ -118,4 +137,4 @@ train: {{amp: off, work_dir: {tmp_path / 'pre'}}}
     linear.write_text(config.read_text().replace("method: {positions: [pre_mlp], width: 16}\n",
                                                  "").replace("st_adapter", "linear"))
     assert cli(["pretrain", str(linear), "--set", f"train.work_dir={tmp_path / 'lin'}"]) == 2
-    assert "trains nothing before its head" in capsys.readouterr().err
+    assert "trains nothing that makes the clips' features" in capsys.readouterr().err

@@ -147,6 +147,10 @@ class SSLConfig:
     # or backwards; speed = played at 1x, 2x, 4x... max_speed
     max_speed: int = 4  # speed only: the fastest playback, a power of 2
 
+    def __post_init__(self) -> None:
+        if self.max_speed < 2 or self.max_speed & (self.max_speed - 1):
+            raise ConfigError(f"ssl.max_speed must be a power of 2 from 2, got {self.max_speed}")
+
 
 @dataclass
 class ExperimentConfig:

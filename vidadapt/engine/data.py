@@ -157,7 +157,9 @@ def make_loader(
     first = sampler.sampler if isinstance(sampler, EpochStream) else sampler
     epoch = sampler.first if isinstance(sampler, EpochStream) else sampler.epoch
     generator = torch.Generator().manual_seed(derive_seed(seed, epoch, first.rank, "workers"))
-    inner = dataset.dataset if isinstance(dataset, EpochKeyed) else dataset
+    inner = dataset  # the VideoDataset under any wrappers (EpochKeyed, a pretext task's)
+    while not isinstance(inner, VideoDataset) and hasattr(inner, "dataset"):
+        inner = inner.dataset
     return SkipReportingLoader(
         dataset,
         batch_size=batch_size,

@@ -10,6 +10,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..config import ExperimentConfig
 from ..errors import ConfigError
+from ..methods.registry import get_method
 from ..models import VideoModel
 from .build import build_dataset, build_model, check_num_classes, read_classes, resolve_data
 from .checkpoint import load_adapter, read_adapter
@@ -66,10 +67,9 @@ def pretrain_experiment(
     val split. The checkpoints answer the pretext's classes; ``vidadapt train`` with
     ``model.init_from`` starts from their parts with a new head."""
     dist = dist or DistInfo()
+    check_pretrainable(cfg)
     cfg.data = resolve_data(cfg.data, dist)
     ssl, frames = cfg.ssl, cfg.model.num_frames
-    if frames < 2:
-        raise ConfigError("model.num_frames: a pretext task on time needs at least 2 frames")
     classes = pretext_classes(ssl.objective, ssl.max_speed)
     sampled = replace(cfg, model=replace(cfg.model, num_frames=frames * ssl.max_speed),
                       data=replace(cfg.data, sampler=replace(
@@ -85,11 +85,34 @@ def pretrain_experiment(
     val_set = pretext("val", False) if cfg.data.val else None
     model = build_model(cfg, len(classes))
     if not any(p.requires_grad for p in model.feature_parameters()):
-        raise ConfigError(f"method {cfg.model.method} trains nothing before its head: a "
-                          "pretext task has nothing to adapt (pretrain adapters, prompts, LoRA)")
+        raise ConfigError(f"method {cfg.model.method} trains nothing that makes the clips' "
+                          "features (the image model, its inputs or readout): a pretext task "
+                          "has nothing to adapt (pretrain adapters, prompts, LoRA)")
     counts = model.parameter_counts()
     logger.info("pretraining %s on %s by %s: %s tunable parameters", cfg.model.method,
                 cfg.model.backbone, ssl.objective, f"{counts['tunable']:,}")
     with logging_redirect_tqdm([logger]):
         summary = Trainer(cfg, model, train_set, val_set, classes, dist).fit(resume)
     return {**summary, "params": counts}
+
+
+def check_pretrainable(cfg: ExperimentConfig) -> None:
+    """What a pretext run cannot do, in one line each."""
+    if cfg.model.num_frames < 2:
+        raise ConfigError("model.num_frames: a pretext task on time needs at least 2 frames")
+    if cfg.data_motion() != "none":  # the maps of the unchanged clip would give the answer
+        raise ConfigError("data.motion: motion maps are computed before a pretext task changes "
+                          "the clip, so they would give its answer away; pretrain without "
+                          "motion_prompt")
+    if any(get_method(name).classifies_with_text for name in cfg.method_configs()):
+        raise ConfigError(f"{cfg.model.method}: a pretext task is answered by a linear head; "
+                          "pretrain the image-side method alone, then stack the text head")
+    if cfg.model.init_from:
+        raise ConfigError("model.init_from: pretrain starts from the image model; "
+                          "init_from is for vidadapt train")
+    sampler = cfg.data.sampler
+    if cfg.ssl.objective == "speed" and sampler.type == "dense" \
+            and sampler.interval % cfg.ssl.max_speed:
+        raise ConfigError(f"data.sampler.interval: {sampler.interval} is not a multiple of "
+                          f"ssl.max_speed {cfg.ssl.max_speed}, so the fastest speed would not "
+                          "be the recipe's frame rate")

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from .data import derive_seed
 
 PRETEXT_PREFIX = "pretext: "  # marks a pretext's class names in checkpoints
 
@@ -36,9 +37,7 @@ def pretext_classes(objective: str, max_speed: int = 4) -> list[str]:
         answers = ["in order", "shuffled"]
     elif objective == "arrow":
         answers = ["forwards", "backwards"]
-    elif objective == "speed":
-        if max_speed < 2 or max_speed & (max_speed - 1):
-            raise ConfigError(f"ssl.max_speed must be a power of 2 from 2, got {max_speed}")
+    elif objective == "speed":  # max_speed: a power of 2 (SSLConfig checks it)
         answers = [f"{2 ** k}x" for k in range(max_speed.bit_length())]
     else:
         raise ConfigError(f"unknown ssl.objective {objective!r}; one of order, arrow, speed")
@@ -79,7 +78,7 @@ class PretextClips(Dataset):
         sample = dict(self.dataset[index])
         if sample["video"] is None:  # an unreadable evaluation video stays left out
             return sample
-        rng = np.random.default_rng([self.seed, self.epoch, index, 7])  # 7: the pretext's
+        rng = np.random.default_rng(derive_seed(self.seed, self.epoch, index, "pretext"))
         answer = int(rng.integers(len(self.classes)))
         sample["video"] = self.change(sample["video"], answer, rng)
         sample["label"] = answer
