@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import ExperimentConfig, add_override_argument, load_config
 from ..engine.experiment import train_experiment
-from ..engine.logs import setup_logging
+from ..engine.logs import pyplot, setup_logging
 from ..errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
@@ -118,13 +118,8 @@ def print_table(report: dict) -> None:
 
 def draw_chart(results: dict[str, dict], path: Path) -> Path | None:
     """Top-1 per method as a bar chart labelled with tunable parameters (None: no matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(install matplotlib for the bar chart: pip install 'vidadapt[plots]')")
+    plt = pyplot("the bar chart")
+    if plt is None:
         return None
     names = list(results)
     top1 = [results[n]["top1"] for n in names]

@@ -11,32 +11,15 @@ The method's parts learn from the training split's clips without their labels
 from __future__ import annotations
 
 import argparse
-import json
 
-from ..config import add_override_argument, load_config
-from ..engine.distributed import init_distributed, shutdown_distributed
 from ..engine.experiment import pretrain_experiment
-from ..engine.logs import setup_logging
+from .train import add_run_arguments, run_experiment
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML recipe: the method to adapt and the clips "
-                                       "(their labels unused), with an ssl section")
-    add_override_argument(parser)
-    parser.add_argument("--work-dir", help="outputs (default: train.work_dir or runs/<recipe>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in the work dir")
+    add_run_arguments(parser, "YAML recipe: the method to adapt and the clips (their labels "
+                              "unused), with an ssl section")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    if args.work_dir:
-        cfg.train.work_dir = args.work_dir
-    dist = init_distributed()
-    setup_logging(dist.is_main)
-    try:
-        summary = pretrain_experiment(cfg, args.resume, dist)
-        if dist.is_main:
-            print(json.dumps(summary))
-    finally:
-        shutdown_distributed()
-    return 0
+    return run_experiment(args, pretrain_experiment)

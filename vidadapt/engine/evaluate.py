@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .distributed import DistInfo, all_gather_objects
+from .logs import pyplot
 
 logger = logging.getLogger("vidadapt")
 
@@ -128,15 +129,8 @@ def write_metrics(metrics: dict[str, Any], out_dir: str | os.PathLike, name: str
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{name}.json"
     json_path.write_text(json.dumps(metrics, indent=1))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed; skipping the plots")
-        return [json_path]
-    return [json_path, *_plot(metrics, out_dir, name, plt)]
+    plt = pyplot("the plots")
+    return [json_path] if plt is None else [json_path, *_plot(metrics, out_dir, name, plt)]
 
 
 def _plot(metrics: dict[str, Any], out_dir: Path, name: str, plt) -> list[Path]:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from torch.utils.data import Dataset
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..config import ExperimentConfig
@@ -50,6 +51,13 @@ def train_experiment(
     model = build_model(cfg, check_num_classes(cfg, classes))
     if cfg.model.init_from:
         start_from(model, cfg.model.init_from, classes)
+    return fit(cfg, model, train_set, val_set, classes, dist, resume)
+
+
+def fit(cfg: ExperimentConfig, model: VideoModel, train_set: Dataset, val_set: Dataset | None,
+        classes: list[str], dist: DistInfo, resume: bool) -> dict[str, Any]:
+    """Train ``model`` with the engine's Trainer; its summary plus the model's parameter counts
+    (``params``)."""
     counts = model.parameter_counts()
     logger.info("%s on %s: %s tunable of %s parameters (%.2f%%)", cfg.model.method,
                 cfg.model.backbone, f"{counts['tunable']:,}", f"{counts['total']:,}",
@@ -88,12 +96,8 @@ def pretrain_experiment(
         raise ConfigError(f"method {cfg.model.method} trains nothing that makes the clips' "
                           "features (the image model, its inputs or readout): a pretext task "
                           "has nothing to adapt (pretrain adapters, prompts, LoRA)")
-    counts = model.parameter_counts()
-    logger.info("pretraining %s on %s by %s: %s tunable parameters", cfg.model.method,
-                cfg.model.backbone, ssl.objective, f"{counts['tunable']:,}")
-    with logging_redirect_tqdm([logger]):
-        summary = Trainer(cfg, model, train_set, val_set, classes, dist).fit(resume)
-    return {**summary, "params": counts}
+    logger.info("pretext task: %s (%s)", ssl.objective, ", ".join(classes))
+    return fit(cfg, model, train_set, val_set, classes, dist, resume)
 
 
 def check_pretrainable(cfg: ExperimentConfig) -> None:

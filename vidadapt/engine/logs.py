@@ -137,3 +137,18 @@ def read_log(work_dir: str | os.PathLike, kind: str | None = None) -> list[dict[
     path = Path(work_dir) / "log.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def pyplot(what: str) -> Any | None:
+    """matplotlib's ``pyplot`` drawing to files only (no display needed), or None, with a log
+    line naming ``what`` is skipped, when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("matplotlib is not installed (pip install 'vidadapt[plots]'); skipping %s",
+                    what)
+        return None
+    return plt

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -34,8 +33,7 @@ from torch import Tensor
 from ..data.annotations import Annotation
 from ..errors import ConfigError
 from .evaluate import Scores
-
-logger = logging.getLogger("vidadapt")
+from .logs import pyplot
 
 UNKNOWN = -1  # the prediction "none of the known classes"
 
@@ -220,13 +218,8 @@ def naming_metrics(test: Scores, everything: Scores, metrics: dict[str, Any]) ->
 def plot_histograms(metrics: dict[str, Any], path: Path) -> Path | None:
     """One panel per score: the known and unknown test videos' scores and the threshold chosen
     on validation (None without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed; skipping the score histograms")
+    plt = pyplot("the score histograms")
+    if plt is None:
         return None
     scores = metrics["scores"]
     fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 3.2))
