@@ -237,3 +237,12 @@ def test_training_and_its_validation_see_the_known_classes_only(tmp_path):
     base_to_new.data.class_subset = "base"  # as `vidadapt base-to-new` swaps it in
     with pytest.raises(ConfigError, match="choose classes two ways"):
         build_dataset(base_to_new, "train", train=True)
+
+
+def test_which_heads_name_new_classes_and_give_evidence():
+    linear = create_model("st_adapter", "vit_tiny", num_classes=3)
+    assert not linear.head.names_new_classes and linear.head.logits_are_evidence
+    coop = create_model("coop", "vit_tiny_clip", classes=["a", "b"], text="random")
+    assert coop.head.names_new_classes and not coop.head.logits_are_evidence
+    tip = create_model("tip_adapter", "vit_tiny_clip", classes=["a", "b"], text="random")
+    assert not tip.head.names_new_classes  # its cache holds labels of its own classes

@@ -15,7 +15,6 @@ import torch
 from ..config import ExperimentConfig
 from ..data.dataset import VideoDataset
 from ..errors import ConfigError
-from ..methods.text_head import TextHead
 from ..models import VideoModel
 from .build import build_dataset, build_model, resolve_data
 from .checkpoint import AdapterCheckpoint, load_adapter
@@ -103,12 +102,10 @@ def evaluate_open_set(
         check_known_and_unknown(torch.tensor([r.label for r in dataset.records]), K, name)
     scores = {name: score_views(cfg, model, dataset, amp_dtype, dist)
               for name, dataset in datasets.items()}
-    text_head = isinstance(model.head, TextHead)
-    # A text head's logits are scaled cosines (about 20-35): all clamped evidence, no signal.
-    names = [n for n in SCORES if not (text_head and n == "evidential")]
+    names = [n for n in SCORES if n != "evidential" or model.head.logits_are_evidence]
     metrics = open_set_metrics(scores["val"], scores[split], checkpoint.classes, names)
-    if text_head and model.head.cache is None:  # it can name classes it never learned (a
-        model.set_classes(datasets[split].classes)  # Tip-Adapter cache holds known ones only)
+    if model.head.names_new_classes:  # a text head can name classes it never learned
+        model.set_classes(datasets[split].classes)
         everything = score_views(cfg, model, datasets[split], amp_dtype, dist)
         metrics["naming"] = naming_metrics(scores[split], everything, metrics)
     skipped = left_out(datasets[split], len(scores[split].labels), dist)

@@ -87,6 +87,17 @@ class Head(nn.Module):
         ``[N]`` (never on the test split); returns the choice."""
         return {}
 
+    @property
+    def names_new_classes(self) -> bool:
+        """Whether ``set_classes`` can give it classes it never learned (open-set naming)."""
+        return False
+
+    @property
+    def logits_are_evidence(self) -> bool:
+        """Whether its logits can be read as evidence per class (DEAR's ``exp(logit)``): not
+        for a text head's scaled cosines, which all saturate it."""
+        return True
+
     def set_classes(self, classes: Sequence[str]) -> None:
         """Classify among other classes from now on; only a head built from class names can."""
         raise ConfigError("this model's head has a fixed set of learned classes; only a text "

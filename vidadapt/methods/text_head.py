@@ -92,6 +92,14 @@ class TextHead(Head):
             parts.append(self.text(tokens.to(device)))
         return torch.cat(parts)
 
+    @property
+    def names_new_classes(self) -> bool:
+        return self.cache is None  # a Tip-Adapter cache holds its own classes' labels
+
+    @property
+    def logits_are_evidence(self) -> bool:
+        return False  # exp(logit_scale) * cos: about 20-35, every class's evidence saturated
+
     def set_classes(self, classes: Sequence[str]) -> None:
         """Classify among ``classes`` from now on (base-to-new evaluation gives the new ones)."""
         if self.cache is not None and self.classes and self.classes != list(classes):
