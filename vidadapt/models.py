@@ -404,9 +404,8 @@ def _check_motion_fits(applied: dict[str, MethodParts], motion: str) -> None:
     if other is not None:
         raise ConfigError(f"the clips' {motion} maps are per frame, and {other} gives the image "
                           "model other images than the clip's frames (or fewer), which no map "
-                          f"matches; stack motion prompts without {other}"
-                          + (" (or with side_network.frame_stride: 1)"
-                             if other == "side_network" else ""))
+                          f"matches; stack motion prompts without {other}, or with its "
+                          "options that show the image model every frame in order")
 
 
 def _check_images_are_frames(methods: list[Method], applied: dict[str, MethodParts]) -> None:
