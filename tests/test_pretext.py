@@ -83,10 +83,10 @@ def test_pretext_classes_and_settings_that_cannot_work():
     refused = {
         "data.motion: motion maps are computed before": {
             "model": {"backbone": "vit_tiny", "method": "motion_prompt"}},
-        "a pretext task is answered by a linear head": {
+        "pretraining reads the clip features of an image-side method": {
             "model": {"backbone": "vit_tiny_clip", "method": "lora+coop"}},
         "init_from is for vidadapt train": {"model": {"init_from": "x.safetensors"}},
-        "interval: 6 is not a multiple of ssl.max_speed 4": {
+        "interval: 6 is not a multiple of 4, the times longer ssl.objective speed": {
             "ssl": {"objective": "speed"}, "data": {"sampler": {"interval": 6}}},
     }
     for message, data in refused.items():

@@ -142,14 +142,42 @@ class TrainConfig:
 
 @dataclass
 class SSLConfig:
-    objective: Literal["order", "arrow", "speed"] = "order"  # `vidadapt pretrain`'s pretext
-    # task on unlabeled clips (engine/pretext.py): order = in order or shuffled; arrow = forwards
-    # or backwards; speed = played at 1x, 2x, 4x... max_speed
+    objective: Literal["order", "arrow", "speed", "masked", "distill"] = "order"  # `vidadapt
+    # pretrain`'s task on unlabeled clips. Pretexts answered by a head (engine/pretext.py):
+    # order = in order or shuffled; arrow = forwards or backwards; speed = played at 1x, 2x, 4x...
+    # max_speed. Losses on features (engine/ssl_objectives.py): masked = predict the frozen
+    # image model's features of masked tubes; distill = a view of part of the clip matches an
+    # EMA teacher's view of all of it
     max_speed: int = 4  # speed only: the fastest playback, a power of 2
+    mask_ratio: float = 0.75  # masked: share of patch positions hidden, the same in every frame
+    prototypes: int = 1024  # distill: outputs of the projection head (the distributions' size)
+    teacher_temp: float = 0.04  # distill: sharpening of the teacher's distribution
+    student_temp: float = 0.1  # distill: temperature of the student's
+    ema: float = 0.996  # distill: the teacher's momentum at the start, cosine to 1 at the end
+    local_scale: float = 0.6  # distill: smallest side of the student's crop, as a fraction
 
     def __post_init__(self) -> None:
         if self.max_speed < 2 or self.max_speed & (self.max_speed - 1):
             raise ConfigError(f"ssl.max_speed must be a power of 2 from 2, got {self.max_speed}")
+        checks = {"mask_ratio": 0 < self.mask_ratio < 1, "ema": 0 <= self.ema < 1,
+                  "local_scale": 0 < self.local_scale <= 1, "prototypes": self.prototypes >= 2,
+                  "teacher_temp": self.teacher_temp > 0, "student_temp": self.student_temp > 0}
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"ssl.{key} is {getattr(self, key)}: out of range (mask_ratio"
+                                  " and ema in [0, 1), local_scale in (0, 1], prototypes >= 2, "
+                                  "temperatures > 0)")
+
+    @property
+    def on_features(self) -> bool:
+        """A loss on the model's features (masked, distill) rather than a pretext's head."""
+        return self.objective in ("masked", "distill")
+
+    @property
+    def clip_factor(self) -> int:
+        """How many times longer (and denser) than the model's clip a clip is sampled: speed
+        takes every s-th frame of it, distill views all of it and a part of it."""
+        return {"speed": self.max_speed, "distill": 2}.get(self.objective, 1)
 
 
 @dataclass

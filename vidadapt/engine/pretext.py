@@ -32,15 +32,19 @@ PRETEXT_PREFIX = "pretext: "  # marks a pretext's class names in checkpoints
 
 
 def pretext_classes(objective: str, max_speed: int = 4) -> list[str]:
-    """The answers of a pretext task, as class names."""
+    """The answers of a pretext task, as class names (one placeholder for the losses on
+    features, whose checkpoints still mark themselves as self-supervised)."""
     if objective == "order":
         answers = ["in order", "shuffled"]
     elif objective == "arrow":
         answers = ["forwards", "backwards"]
     elif objective == "speed":  # max_speed: a power of 2 (SSLConfig checks it)
         answers = [f"{2 ** k}x" for k in range(max_speed.bit_length())]
+    elif objective in ("masked", "distill"):  # a loss on features: the head answers nothing
+        answers = [f"{objective} (no classes)"]
     else:
-        raise ConfigError(f"unknown ssl.objective {objective!r}; one of order, arrow, speed")
+        raise ConfigError(f"unknown ssl.objective {objective!r}; one of order, arrow, speed, "
+                          "masked, distill")
     return [PRETEXT_PREFIX + answer for answer in answers]
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -61,6 +61,7 @@ from .features import FeatureSet, feature_datasets, trains_on_features
 from .logs import RunLogger
 from .mixup import mix_clips
 from .optim import build_optimizer, lr_factor, set_lr
+from .ssl_objectives import FeatureObjective
 from .workdir import claim
 
 logger = logging.getLogger("vidadapt")
@@ -84,6 +85,7 @@ class Progress:
     step: int = 0  # optimizer steps done since the start
     step_in_epoch: int = 0  # optimizer steps done in `epoch`
     best_top1: float = -1.0  # best validation top-1 so far; -1 before the first validation
+    best_loss: float = math.inf  # lowest validation loss of a self-supervised objective so far
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -118,7 +120,10 @@ class Trainer:
     Datasets return dicts with ``"video"`` (``[T, 3, H, W]`` for training; ``[V, T, 3, H, W]``
     or ``[T, 3, H, W]`` for validation), ``"label"`` and ``"index"``. Outputs go to
     ``cfg.train.work_dir``: ``log.jsonl``, TensorBoard events, ``config.yaml``, the resume
-    state and the adapter checkpoints (written by rank 0 only).
+    state and the adapter checkpoints (written by rank 0 only). With an ``objective``
+    (``vidadapt pretrain``'s losses on features, ``engine.ssl_objectives``) the labels are
+    unused: the objective's loss trains the model's parts and its own, validation reports its
+    loss, and the best checkpoint is the one with the lowest.
     """
 
     def __init__(
@@ -129,6 +134,7 @@ class Trainer:
         val_set: Dataset | None = None,
         classes: list[str] | None = None,
         dist: DistInfo | None = None,
+        objective: FeatureObjective | None = None,
     ) -> None:
         self.cfg, self.dist = cfg, dist or DistInfo()
         self.device = self.dist.device
@@ -137,6 +143,9 @@ class Trainer:
             with claim(self.work_dir):
                 pass
         self.model = model.to(self.device)
+        self.objective = objective.to(self.device) if objective is not None else None
+        # What the optimizer steps and DDP wraps: the model, or the objective holding it.
+        self.trained: nn.Module = self.model if objective is None else self.objective
         model.backbone.set_grad_checkpointing(cfg.train.grad_checkpointing)
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError(
@@ -146,22 +155,23 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         # data.gpu_augment: the end of the training transform runs here, on the batch
         self.device_augment = training_device_augment(cfg)
-        if trains_on_features(cfg, model):  # a frozen image encoder runs once per view
+        if objective is None and trains_on_features(cfg, model):  # a frozen image encoder runs once per view
             train_set, val_set = feature_datasets(cfg, self.model, train_set, val_set,
                                                   self.device, self.amp_dtype, self.dist)
         self.train_set, self.val_set = train_set, val_set
         self.classes = classes or [str(i) for i in range(model.spec.num_classes)]
-        self.fingerprint = backbone_fingerprint(self.model)
+        self.fingerprint = (backbone_fingerprint(self.model) if objective is None
+                            else objective.fingerprint)  # see FeatureObjective
 
         opt = cfg.optim
         self.optimizer = build_optimizer(
-            self.model, opt.lr, opt.weight_decay, opt.betas, opt.lr_mult
+            self.trained, opt.lr, opt.weight_decay, opt.betas, opt.lr_mult
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
-        self.ddp = self.model
+        self.ddp = self.trained
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.ddp = DistributedDataParallel(self.trained, device_ids=device_ids)
         self.forward = training_forward(self.ddp, cfg.train.compile, self.amp_dtype,
                                         self.dist.enabled)
 
@@ -232,10 +242,14 @@ class Trainer:
                               f"{self._last_good_state()}") from None
         if self.dist.is_main:
             self._save_adapter(LAST_FILE)
-            if metrics is not None:
+            if metrics is not None and self.objective is None:
                 write_metrics(metrics, self.work_dir, "val")
         self._report_skipped()
         self.log.close()
+        if self.objective is not None:
+            best = self.progress.best_loss
+            return {"steps": self.progress.step, "best_loss": None if math.isinf(best) else best,
+                    "val": metrics}
         return {
             "steps": self.progress.step,
             "best_top1": self.progress.best_top1 if self.progress.best_top1 >= 0 else None,
@@ -258,7 +272,7 @@ class Trainer:
         first = self.progress.step_in_epoch
         bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not self.dist.is_main,
                    desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}", dynamic_ncols=True)
-        self.model.train()
+        self.trained.train()
         losses = []  # since the last log record
         save_every = self.cfg.train.save_every_steps
         for _ in range(first, self.steps_per_epoch):
@@ -296,8 +310,8 @@ class Trainer:
             last = i == len(micro_batches) - 1
             with nullcontext() if last or not self.dist.enabled else self.ddp.no_sync():
                 with self.forward.autocast():
-                    logits = self.forward(video)
-                loss = self._loss(logits, target)
+                    output = self.forward(video)  # logits, or an objective's loss
+                loss = output if self.objective is not None else self._loss(output, target)
                 scaled = loss / len(micro_batches)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
@@ -310,6 +324,8 @@ class Trainer:
                 "train.amp=bf16, not fp16"
             )
         self._optimizer_step(lr)
+        if self.objective is not None:  # e.g. the self-distillation teacher's moving average
+            self.objective.after_step((self.progress.step + 1) / self.total_steps)
         return loss
 
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -364,6 +380,8 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         """Score the validation set (all ranks), log it and keep the best checkpoint."""
+        if self.objective is not None:
+            return self._validate_objective()
         if isinstance(self.val_set, FeatureSet):  # e.g. Tip-Adapter's alpha and beta
             self.model.select_hparams(self.val_set.features, self.val_set.labels[:, 0])
         loader = self._val_loader()
@@ -381,6 +399,39 @@ class Trainer:
             if self.dist.is_main:
                 self._save_adapter(BEST_FILE, metrics=summary)
         return metrics
+
+    def _validate_objective(self) -> dict[str, Any]:
+        """The objective's mean loss on the validation clips, with the same masks and views
+        at every validation (drawn per batch from the run's seed); keeps the lowest's
+        checkpoint."""
+        objective = self.objective
+        objective.eval()
+        total = torch.zeros(2, device=self.device)  # loss sum, clips
+        with torch.no_grad(), self.forward.autocast():
+            for i, batch in enumerate(self._val_loader()):
+                if batch["video"] is None:
+                    continue
+                video = batch["video"].to(self.device, non_blocking=True)
+                if video.ndim == 6:  # test views [B, V, T, C, H, W]: each a clip
+                    video = video.flatten(0, 1)
+                seed = derive_seed(self.cfg.train.seed, self.dist.rank, i, "ssl val")
+                loss = objective(video, seed=seed).float()
+                total += torch.stack([loss * len(video), loss.new_tensor(float(len(video)))])
+        objective.train()
+        total = all_reduce_mean(total, self.dist)
+        if total[1] == 0:
+            raise ValueError("nothing to validate: no validation clip could be read")
+        loss = (total[0] / total[1]).item()
+        self.log.log("val", self.progress.step, epoch=self.progress.epoch, loss=loss)
+        if self.dist.is_main:
+            logger.info("epoch %d val: %s loss %.4f", self.progress.epoch,
+                        self.cfg.ssl.objective, loss)
+        if loss < self.progress.best_loss:
+            self.progress.best_loss = loss
+            if self.dist.is_main:
+                self._save_adapter(BEST_FILE, metrics={"loss": loss})
+        scored = round(total[1].item() * self.dist.world_size)
+        return {"loss": loss, "skipped": left_out(self.val_set, scored, self.dist)}
 
     def _report_skipped(self) -> None:
         """Log the unreadable files every rank's datasets passed over, listed in skipped.json."""
@@ -440,6 +491,7 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "fingerprint": self.fingerprint,
             "method": self.model.spec.method,
+            "objective": None if self.objective is None else self.objective.extra_state(),
         })
         self.saved_step = self.progress.step
 
@@ -466,6 +518,11 @@ class Trainer:
                 f"{self.steps_per_epoch}; resume with the same data and data.batch_size"
             )
         self.model.load_trainable_state_dict(upgrade_names(state["model"]))
+        if self.objective is not None:
+            if state.get("objective") is None:
+                raise CheckpointError(f"{path} holds no self-supervised objective's state: it "
+                                      "was saved by vidadapt train; start without --resume")
+            self.objective.load_state_dict({**self.objective.state_dict(), **state["objective"]})
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
