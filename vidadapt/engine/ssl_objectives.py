@@ -134,7 +134,8 @@ class MaskedFeaturePrediction(FeatureObjective):
 
 
 class ProjectionHead(nn.Module):
-    """DINO's head: MLP to a bottleneck, L2-normalised, then ``prototypes`` unit-norm rows."""
+    """DINO's head: MLP to a bottleneck, L2-normalised, then cosines to ``prototypes`` unit-norm
+    rows."""
 
     def __init__(self, dim: int, prototypes: int, hidden: int = 2048, bottleneck: int = 256
                  ) -> None:
