@@ -9,10 +9,10 @@ from typing import Any
 from torch.utils.data import Dataset
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..backbones import ViT
 from ..config import ExperimentConfig
 from ..errors import ConfigError
 from ..methods.registry import get_method
-from ..backbones import ViT
 from ..models import VideoModel
 from .build import build_dataset, build_model, check_num_classes, read_classes, resolve_data
 from .checkpoint import load_adapter, read_adapter

@@ -83,6 +83,13 @@ class MaskedFeaturePrediction(FeatureObjective):
             raise ConfigError(f"ssl.objective masked predicts the image model's tokens, and "
                               f"{model.spec.method} trains nothing inside it; use "
                               "ssl.objective distill")
+        outside = [name for name, stage in (("readout", model.readout),
+                                            ("temporal stage", model.temporal))
+                   if stage is not None and any(p.requires_grad for p in stage.parameters())]
+        if outside:  # they would stay as initialised (and idle parameters stop DDP)
+            raise ConfigError(f"ssl.objective masked trains the image model's tokens only; "
+                              f"{model.spec.method}'s {' and '.join(outside)} would not learn; "
+                              "use ssl.objective distill")
         self.target = target.requires_grad_(False).eval()
         self.mask_ratio = mask_ratio
         self.predictor = nn.Linear(backbone.width, target.width)
@@ -110,10 +117,10 @@ class MaskedFeaturePrediction(FeatureObjective):
         return video.masked_fill(pixels.reshape(B, T, C, H, W), 0.0)
 
     def forward(self, video: Tensor, seed: int | None = None) -> Tensor:
-        B, T, C, H, W = video.shape
+        B, T, _, H, W = video.shape
         p = self.model.backbone.cfg.patch_size
-        h, w = H // p, W // p
-        mask = self.draw_mask(B, h * w, video.device, random_generator(video, seed))  # [B, P]
+        patches = (H // p) * (W // p)
+        mask = self.draw_mask(B, patches, video.device, random_generator(video, seed))  # [B, P]
         blanked = self.blank(video, mask)  # [B, T, C, H, W]
         with torch.no_grad():
             target = self.patch_features(self.target, video)  # [B*T, P, D]

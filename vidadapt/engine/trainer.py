@@ -155,7 +155,8 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         # data.gpu_augment: the end of the training transform runs here, on the batch
         self.device_augment = training_device_augment(cfg)
-        if objective is None and trains_on_features(cfg, model):  # a frozen image encoder runs once per view
+        # A frozen image encoder runs once per view (an objective needs the clips themselves).
+        if objective is None and trains_on_features(cfg, model):
             train_set, val_set = feature_datasets(cfg, self.model, train_set, val_set,
                                                   self.device, self.amp_dtype, self.dist)
         self.train_set, self.val_set = train_set, val_set
