@@ -1,11 +1,13 @@
-"""``vidadapt pretrain``: self-supervised adaptation on unlabeled clips, by a pretext task.
+"""``vidadapt pretrain``: self-supervised adaptation on unlabeled clips.
 
-    vidadapt pretrain configs/synthetic/pretrain.yaml --set ssl.objective=order
+    vidadapt pretrain configs/synthetic/pretrain.yaml --set ssl.objective=distill
     vidadapt train configs/synthetic/st_adapter.yaml --resume-from runs/pretrain/best.safetensors
 
-The method's parts learn from the training split's clips without their labels
-(``ssl.objective``: order, arrow or speed; ``engine.pretext``); its checkpoints start
-``vidadapt train`` (``--resume-from`` / ``model.init_from``) with a new head.
+The method's parts learn from the training split's clips without their labels, by
+``ssl.objective``: a pretext task answered by a head (order, arrow, speed; ``engine.pretext``)
+or a loss on the features (masked feature prediction, two-view self-distillation;
+``engine.ssl_objectives``). Its checkpoints start ``vidadapt train`` (``--resume-from`` /
+``model.init_from``) with a new head.
 """
 
 from __future__ import annotations
