@@ -183,6 +183,9 @@ class SelfDistillation(FeatureObjective):
         if not any(p.requires_grad for p in model.feature_parameters()):
             raise ConfigError(f"ssl.objective distill: {model.spec.method} trains nothing that "
                               "makes the clip features")
+        if not isinstance(model.head, nn.Linear):
+            raise ConfigError(f"ssl.objective distill reads the features a linear head reads; "
+                              f"{model.spec.method}'s head is a {type(model.head).__name__}")
         self.head = ProjectionHead(model.head.in_features, ssl.prototypes)
         self.ssl, self.dist = ssl, dist or DistInfo()
         self.student_names = [n for n, p in self.named_parameters() if p.requires_grad]
