@@ -13,8 +13,9 @@ For each ``ssl.objective`` (``none``: no pre-training, the reference), on one se
 Each result is one JSON line appended to ``--out``: the arm, the pretext's own validation
 (top-1 or loss) and the validation top-1 of the probe and of every fine-tune.
 
-    python benchmarks/ssl_protocol.py --objectives none masked distill contrast --seed 0 \\
+    python benchmarks/ssl_protocol.py --objectives none masked distill order --seed 0 \\
         --out benchmarks/results/ssl_synthetic.jsonl
+    python benchmarks/ssl_protocol.py --table --out benchmarks/results/ssl_synthetic.jsonl
 """
 
 from __future__ import annotations
@@ -62,14 +63,41 @@ def run_arm(objective: str, seed: int, work: Path) -> dict:
     return arm
 
 
+def table(path: Path) -> str:
+    """A markdown table of ``path``'s arms: each measure's mean over the seeds, and the seeds'
+    values."""
+    arms: dict[str, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        arm = json.loads(line)
+        arms.setdefault(arm["objective"], []).append(arm)
+    measures = ["linear_probe", *(f"{k}_shot" for k in SHOTS)]
+    rows = ["| pre-training | seeds | " + " | ".join(m.replace("_", " ") for m in measures)
+            + " |", "|---|---|" + "---|" * len(measures)]
+    for objective, runs in arms.items():
+        cells = []
+        for measure in measures:
+            values = [run[measure] for run in runs]
+            each = " / ".join(f"{v:.1f}" for v in values)
+            cells.append(f"**{sum(values) / len(values):.1f}** ({each})")
+        seeds = ", ".join(str(run["seed"]) for run in runs)
+        rows.append(f"| {objective} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objectives", nargs="+", default=["none", "masked", "distill"],
                         help="none (no pre-training) and/or ssl.objective values")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/ssl_protocol"))
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="JSONL file the arms are "
+                        "appended to (with --table: the file to read)")
+    parser.add_argument("--table", action="store_true",
+                        help="print the markdown table of --out's arms and run nothing")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.out))
+        return
     for objective in args.objectives:
         started = time.perf_counter()
         arm = run_arm(objective, args.seed, args.work / f"{objective}_seed{args.seed}")
