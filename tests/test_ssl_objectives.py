@@ -65,7 +65,7 @@ def test_masked_loss_is_the_error_on_the_hidden_patches_against_the_image_model(
     assert objective.predictor.weight.grad is not None
     assert all(p.grad is None for p in plain.parameters())
     assert not model.head.weight.requires_grad  # nothing to classify
-    assert set(objective.extra_state()) == {"predictor.weight", "predictor.bias"}
+    assert set(objective.own_state()) == {"predictor.weight", "predictor.bias"}
 
 
 def test_masked_refuses_methods_it_cannot_train():
@@ -112,7 +112,8 @@ def test_distill_teacher_is_a_moving_average_without_gradients():
     loss = objective(torch.randn(3, 8, 3, 32, 32))
     loss.backward()
     assert all(t.grad is None and not t.requires_grad for t in objective.teacher)
-    assert objective.center.abs().sum() > 0  # moved by the training forward
+    objective.after_step(0.0)
+    assert objective.center.abs().sum() > 0  # moved by the training step
     students = dict(objective.named_parameters())
     before = [t.clone() for t in objective.teacher]
     with torch.no_grad():
@@ -124,14 +125,36 @@ def test_distill_teacher_is_a_moving_average_without_gradients():
     settled = [t.clone() for t in objective.teacher]
     objective.after_step(1.0)  # momentum 1 at the end: the teacher stays
     assert all(torch.equal(a, b) for a, b in zip(settled, objective.teacher, strict=True))
-    # The teacher's outputs are the student's with the teacher's weights.
+    # The teacher's outputs are the student's with the teacher's weights, not the student's.
     view = torch.randn(2, 4, 3, 32, 32)
     with torch.no_grad():
         for name, teacher in zip(names, objective.teacher, strict=True):
             students[name].copy_(teacher)
         objective.model.eval()
-        student = objective.head(objective.model.video_features(view))
-    torch.testing.assert_close(objective.teacher_outputs(view), student)
+        as_teacher = objective.head(objective.model.video_features(view))
+        for name in names:
+            students[name].add_(0.5)
+        as_student = objective.head(objective.model.video_features(view))
+    torch.testing.assert_close(objective.teacher_outputs(view), as_teacher)
+    assert not torch.allclose(as_teacher, as_student, atol=1e-3)
+
+
+def test_distill_centre_moves_once_per_step_by_all_its_micro_batches():
+    model, _ = tiny(frames=4)
+    objective = SelfDistillation(model, SSLConfig(objective="distill", prototypes=16))
+    clips = torch.randn(6, 8, 3, 32, 32)
+    objective(clips[:3])
+    objective(clips[3:])  # two micro-batches of one step: the centre waits for the step
+    assert objective.center.abs().sum() == 0
+    means = [objective.teacher_outputs(part[:, 0::2]).mean(0)  # the global views
+             for part in (clips[:3], clips[3:])]
+    objective.after_step(0.5)
+    centre = 0.1 * (means[0] + means[1]) / 2
+    torch.testing.assert_close(objective.center[0], centre)
+    objective.eval()
+    objective(clips[:3])
+    objective.after_step(0.6)  # a validation forward leaves the centre alone
+    torch.testing.assert_close(objective.center[0], centre)
 
 
 @pytest.mark.parametrize("objective", ["masked", "distill"])
@@ -167,7 +190,7 @@ def test_a_stopped_pretraining_resumes_to_the_same_weights(tmp_path, objective):
     assert again == summary
     for ours, theirs in ((resumed.model.trainable_state_dict(),
                           reference.model.trainable_state_dict()),
-                         (resumed.objective.extra_state(), reference.objective.extra_state())):
+                         (resumed.objective.own_state(), reference.objective.own_state())):
         assert ours.keys() == theirs.keys()
         for name, value in ours.items():
             assert torch.equal(value, theirs[name]), name
@@ -208,6 +231,9 @@ train: {{amp: off, work_dir: {tmp_path / 'pre'}}}
     pretrained = read_adapter(tmp_path / "pre" / "best.safetensors")
     assert is_pretext(pretrained.classes) and pretrained.state  # marked, adapters inside
     assert not any(k.startswith("head.") for k in pretrained.state)  # it classified nothing
+    assert cli(["eval", str(config), "--checkpoint", str(tmp_path / "pre" / "best.safetensors")
+                ]) == 2
+    assert "is self-supervised (vidadapt pretrain" in capsys.readouterr().err
     assert cli(["train", str(config), "--resume-from", str(tmp_path / "pre" / "best.safetensors"),
                 "--set", "optim.lr_mult={'^backbone[.]': 0.0}",
                 "--set", f"train.work_dir={tmp_path / 'run'}"]) == 0

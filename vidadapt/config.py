@@ -165,8 +165,8 @@ class SSLConfig:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"ssl.{key} is {getattr(self, key)}: out of range (mask_ratio"
-                                  " and ema in [0, 1), local_scale in (0, 1], prototypes >= 2, "
-                                  "temperatures > 0)")
+                                  " in (0, 1), ema in [0, 1), local_scale in (0, 1], "
+                                  "prototypes >= 2, temperatures > 0)")
 
     @property
     def on_features(self) -> bool:

@@ -25,7 +25,7 @@ from .engine.checkpoint import (
     atomic_write,
     backbone_fingerprint,
     load_adapter,
-    read_adapter,
+    read_classifier,
     save_adapter,
 )
 from .errors import CheckpointError
@@ -122,7 +122,7 @@ def from_pretrained(source: str | os.PathLike, pretrained: str | None = None) ->
     if description.get("format") != PRETRAINED_FORMAT:
         raise CheckpointError(f"{path} is not a vidadapt model (format "
                               f"{description.get('format')!r}, expected {PRETRAINED_FORMAT!r})")
-    checkpoint = read_adapter(folder / WEIGHTS_FILE)
+    checkpoint = read_classifier(folder / WEIGHTS_FILE)
     weights = pretrained or description["pretrained"]
     classes = description["classes"]
     if description["config"] is not None:

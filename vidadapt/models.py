@@ -249,11 +249,14 @@ class VideoModel(TunableModel):
 
     # ---- stages 3-4: features → logits ---------------------------------------------------------
 
+    def fuse(self, features: Tensor) -> Tensor:
+        """Stage 3: ``video_features``' output → what the head reads ``[B, E]`` (the temporal
+        stage's fusion of frame embeddings ``[B, T, E]``; as it is without one)."""
+        return features if self.temporal is None else self.temporal(features)
+
     def classify(self, features: Tensor, context: Tensor | None = None) -> Tensor:
         """Logits ``[B, C]`` of ``video_features``' output (and the context stage's)."""
-        if self.temporal is not None:
-            features = self.temporal(features)  # [B, T, E] -> [B, E]
-        return self.head(features, context)
+        return self.head(self.fuse(features), context)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits of clips ``[B, T, 3, H, W]``, or of their precomputed features (the engine's

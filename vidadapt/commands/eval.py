@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from ..config import ExperimentConfig, add_override_argument, config_from_dict, load_config
-from ..engine.checkpoint import AdapterCheckpoint, read_adapter
+from ..engine.checkpoint import AdapterCheckpoint, read_classifier
 from ..engine.distributed import init_distributed, shutdown_distributed
 from ..engine.evaluate import write_metrics
 from ..engine.evaluation import evaluate_config, evaluate_open_set
@@ -61,7 +61,7 @@ def config_and_checkpoint(
     ``--set`` applied) and the adapter checkpoint (None when no ``--checkpoint``)."""
     if args.checkpoint is None and args.config is None:
         raise ConfigError("give a config or an adapter --checkpoint to evaluate")
-    checkpoint = read_adapter(args.checkpoint) if args.checkpoint else None
+    checkpoint = read_classifier(args.checkpoint) if args.checkpoint else None
     if args.config:
         return load_config(args.config, args.overrides), checkpoint
     cfg = config_from_dict(checkpoint.config, args.overrides,

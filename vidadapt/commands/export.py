@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import add_override_argument, config_from_dict
 from ..engine.build import build_model
-from ..engine.checkpoint import load_adapter, read_adapter
+from ..engine.checkpoint import load_adapter, read_classifier
 from ..engine.logs import setup_logging
 from ..errors import CheckpointError
 from ..export import ONNX_OPSET, PLAIN_METHOD, save_exported, save_onnx
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    checkpoint = read_adapter(args.checkpoint)
+    checkpoint = read_classifier(args.checkpoint)
     if checkpoint.config is None:
         raise CheckpointError(f"{args.checkpoint} stores no config to rebuild the model from")
     cfg = config_from_dict(checkpoint.config, args.overrides,

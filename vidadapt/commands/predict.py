@@ -13,7 +13,7 @@ import torch
 from ..config import add_override_argument, config_from_dict, load_config
 from ..data.annotations import Annotation, VideoRecord
 from ..engine.build import build_model, video_dataset
-from ..engine.checkpoint import load_adapter, read_adapter
+from ..engine.checkpoint import load_adapter, read_classifier
 from ..engine.distributed import default_device
 from ..engine.evaluate import view_average
 from ..engine.logs import setup_logging
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    checkpoint = read_adapter(args.checkpoint)
+    checkpoint = read_classifier(args.checkpoint)
     if not checkpoint.classes:
         raise CheckpointError(f"{args.checkpoint} stores no class names to name predictions with")
     if args.config:

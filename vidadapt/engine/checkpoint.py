@@ -36,6 +36,7 @@ from ..checkpoints.convert import rename_keys
 from ..errors import CheckpointError, StorageError
 from ..methods.registry import get_method
 from ..models import ModelSpec, VideoModel
+from .pretext import PRETEXT_PREFIX, is_pretext
 
 ADAPTER_FORMAT = "vidadapt-adapter/2"
 ADAPTER_FORMATS = ("vidadapt-adapter/1", ADAPTER_FORMAT)  # what read_adapter accepts
@@ -214,6 +215,24 @@ def _complete_options(options: dict[str, dict[str, Any]]) -> dict[str, dict[str,
             for name, values in options.items()}
 
 
+def refuse_self_supervised(checkpoint: AdapterCheckpoint, source: str) -> None:
+    """One line for a ``vidadapt pretrain`` checkpoint where a classifier is wanted: its head
+    answered a pretext task, or there is none."""
+    if is_pretext(checkpoint.classes):
+        raise CheckpointError(f"checkpoint {source} is self-supervised (vidadapt pretrain: "
+                              f"{checkpoint.classes[0].removeprefix(PRETEXT_PREFIX)}) and "
+                              "classifies none of your classes; train from it with vidadapt "
+                              f"train --resume-from {source}")
+
+
+def read_classifier(path: str | os.PathLike) -> AdapterCheckpoint:
+    """:func:`read_adapter` for the commands that classify with it (eval, predict, export,
+    the hub): a self-supervised checkpoint is refused in one line."""
+    checkpoint = read_adapter(path)
+    refuse_self_supervised(checkpoint, str(path))
+    return checkpoint
+
+
 def load_adapter(
     model: VideoModel, checkpoint: AdapterCheckpoint | str | os.PathLike, source: str = "",
     keep_head: bool = False,
@@ -226,6 +245,8 @@ def load_adapter(
         source = source or str(checkpoint)
         checkpoint = read_adapter(checkpoint)
     source = source or "checkpoint"
+    if not keep_head:
+        refuse_self_supervised(checkpoint, source)
     for field in _ARCHITECTURE_FIELDS:
         if keep_head and field == "num_classes":
             continue

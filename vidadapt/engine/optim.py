@@ -28,16 +28,20 @@ def lr_multiplier(name: str, lr_mult: Mapping[str, float]) -> float:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, lr_mult: Mapping[str, float] | None = None
+    model: nn.Module, weight_decay: float, lr_mult: Mapping[str, float] | None = None,
+    prefix: str = "",
 ) -> list[dict]:
     """Trainable parameters grouped by (decay, lr multiplier), in a deterministic order.
 
-    Each group carries ``lr_mult``; :func:`set_lr` scales the schedule's lr by it.
+    Each group carries ``lr_mult``; :func:`set_lr` scales the schedule's lr by it. ``prefix``
+    is dropped from the names before the rules see them: a module that holds the video model
+    as ``model`` (a self-supervised objective) matches ``lr_mult`` as the model would.
     """
     groups: dict[tuple[bool, float], dict] = {}
-    for name, param in model.named_parameters():
+    for full_name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        name = full_name.removeprefix(prefix)
         decay = wants_decay(name, param)
         mult = lr_multiplier(name, lr_mult or {})
         new_group = {"params": [], "names": [], "lr_mult": mult,
@@ -54,9 +58,10 @@ def build_optimizer(
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.999),
     lr_mult: Mapping[str, float] | None = None,
+    prefix: str = "",
 ) -> torch.optim.AdamW:
     """AdamW over the trainable parameters (see :func:`param_groups`)."""
-    groups = param_groups(model, weight_decay, lr_mult)
+    groups = param_groups(model, weight_decay, lr_mult, prefix)
     # fused kernels exist for CUDA tensors only; the CPU path is the plain for-each one.
     fused = all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..backbones import ViT
+from ..backbones.vit import TokenLayout
 from ..config import SSLConfig
 from ..errors import ConfigError
 from ..models import VideoModel
@@ -53,10 +54,12 @@ class FeatureObjective(nn.Module):
         self.fingerprint = backbone_fingerprint(model)
         model.head.requires_grad_(False)  # no classes to answer
 
+    ranks_epochs = True  # whether a lower validation loss means a better epoch (fixed targets)
+
     def after_step(self, progress: float) -> None:
         """Called after every optimizer step; ``progress``: the fraction of training done."""
 
-    def extra_state(self) -> dict[str, Tensor]:
+    def own_state(self) -> dict[str, Tensor]:
         """The objective's own state that a resume needs (its trained parameters and buffers;
         not the model's, saved with it, nor a frozen target model)."""
         return {name: value for name, value in self.state_dict().items()
@@ -126,18 +129,22 @@ class MaskedFeaturePrediction(FeatureObjective):
             target = self.patch_features(self.target, video)  # [B*T, P, D]
             target = F.layer_norm(target, target.shape[-1:])
         tokens, _, layout = self.model.encode(blanked)  # [B*T, N, D]
-        start = layout.num_prefix
-        student = self.model.backbone.norm(tokens[:, start:start + layout.num_patches])
+        student = final_patches(self.model.backbone, tokens, layout)
         error = (self.predictor(student).float() - target.float()).pow(2).mean(dim=-1)
-        hidden = mask.repeat_interleave(T, dim=0)  # [B*T, P]
-        return error[hidden].mean()
+        hidden = mask.repeat_interleave(T, dim=0).float()  # [B*T, P]: 1 where hidden
+        return (error * hidden).sum() / hidden.sum()  # no boolean indexing: no host sync
 
     @staticmethod
     def patch_features(vit: ViT, video: Tensor) -> Tensor:
         """A ViT's final-norm patch tokens ``[B*T, P, D]``."""
         tokens, _, layout = vit.forward_tokens(video)
-        start = layout.num_prefix
-        return vit.norm(tokens[:, start:start + layout.num_patches])
+        return final_patches(vit, tokens, layout)
+
+
+def final_patches(vit: ViT, tokens: Tensor, layout: TokenLayout) -> Tensor:
+    """The patch tokens of a ViT's last-block ``tokens`` ``[B*T, N, D]``, final-normed."""
+    start = layout.num_prefix
+    return vit.norm(tokens[:, start:start + layout.num_patches])  # [B*T, P, D]
 
 
 class ProjectionHead(nn.Module):
@@ -156,8 +163,10 @@ class ProjectionHead(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, features: Tensor) -> Tensor:
-        z = F.normalize(self.mlp(features.float()), dim=-1)  # [B, bottleneck]
-        return z @ F.normalize(self.prototypes.weight, dim=-1).t()  # [B, K], cosines
+        # In fp32 under autocast: bf16 cosines would move the teacher's sharpened logits.
+        with torch.autocast(features.device.type, enabled=False):
+            z = F.normalize(self.mlp(features.float()), dim=-1)  # [B, bottleneck]
+            return z @ F.normalize(self.prototypes.weight, dim=-1).t()  # [B, K], cosines
 
 
 class _Embedder(nn.Module):
@@ -169,14 +178,14 @@ class _Embedder(nn.Module):
         self.model, self.head = model, head
 
     def forward(self, video: Tensor) -> Tensor:
-        features = self.model.video_features(video)
-        if self.model.temporal is not None:  # what the classifier's head would read
-            features = self.model.temporal(features)  # [B, T, E] -> [B, E]
-        return self.head(features)
+        # What the classifier's head would read, through the projection head.
+        return self.head(self.model.fuse(self.model.video_features(video)))
 
 
 class SelfDistillation(FeatureObjective):
     """``distill``: a local view's distribution matches the EMA teacher's of the global view."""
+
+    ranks_epochs = False  # the teacher moves: its losses at two epochs are not comparable
 
     def __init__(self, model: VideoModel, ssl: SSLConfig, dist: DistInfo | None = None) -> None:
         super().__init__(model)
@@ -189,11 +198,15 @@ class SelfDistillation(FeatureObjective):
         self.head = ProjectionHead(model.head.in_features, ssl.prototypes)
         self.ssl, self.dist = ssl, dist or DistInfo()
         self.student_names = [n for n, p in self.named_parameters() if p.requires_grad]
+        embedder = dict(_Embedder(model, self.head).named_parameters())
+        if not set(self.student_names) <= embedder.keys():  # the teacher's weights must land
+            raise ValueError("the teacher's names do not match the student's modules")
         self.teacher = nn.ParameterList(
             nn.Parameter(p.detach().clone(), requires_grad=False)
             for n, p in self.named_parameters() if n in self.student_names)
         self.register_buffer("center", torch.zeros(1, ssl.prototypes))
-        self.momentum = ssl.ema
+        # The teacher outputs of this step's micro-batches: the centre moves once per step.
+        self.step_outputs: list[Tensor] = []
 
     def views(self, video: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """Global ``[B, T, ...]`` (every other frame) and local (T consecutive frames of a
@@ -209,12 +222,11 @@ class SelfDistillation(FeatureObjective):
         theta = torch.zeros(B, 2, 3, device=video.device, dtype=video.dtype)
         theta[:, 0, 0] = theta[:, 1, 1] = scale
         theta[:, :, 2] = shift
-        grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)  # [B, H, W, 2]
-        frames_first = local.transpose(1, 2).reshape(B, C * T, H, W)
-        cropped = F.grid_sample(frames_first, grid, mode="bilinear", padding_mode="border",
-                                align_corners=False)  # border: the crop stays inside
-        local = cropped.view(B, C, T, H, W).transpose(1, 2)  # [B, T, C, H, W]
-        return video[:, 0::2], local.contiguous()
+        grid = F.affine_grid(theta, [B, T * C, H, W], align_corners=False)  # [B, H, W, 2]
+        # One grid for every frame and channel of a clip; border: the crop stays inside.
+        cropped = F.grid_sample(local.view(B, T * C, H, W), grid, mode="bilinear",
+                                padding_mode="border", align_corners=False)
+        return video[:, 0::2], cropped.view(B, T, C, H, W)
 
     def forward(self, video: Tensor, seed: int | None = None) -> Tensor:
         if video.shape[1] != 2 * self.model.num_frames:
@@ -224,7 +236,7 @@ class SelfDistillation(FeatureObjective):
         teacher_logits = self.teacher_outputs(global_view)  # [B, K]
         targets = F.softmax((teacher_logits - self.center) / self.ssl.teacher_temp, dim=-1)
         if self.training:
-            self.update_center(teacher_logits)
+            self.step_outputs.append(teacher_logits.float().mean(dim=0, keepdim=True))
         student = _Embedder(self.model, self.head)(local_view)  # [B, K]
         log_probs = F.log_softmax(student / self.ssl.student_temp, dim=-1)
         return -(targets * log_probs).sum(dim=-1).mean()
@@ -240,18 +252,19 @@ class SelfDistillation(FeatureObjective):
             self.model.train(was_training)
 
     @torch.no_grad()
-    def update_center(self, teacher_logits: Tensor) -> None:
-        batch_center = all_reduce_mean(teacher_logits.float().mean(dim=0, keepdim=True),
-                                       self.dist)
-        self.center.mul_(0.9).add_(batch_center, alpha=0.1)
-
-    @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        """EMA of the student; momentum from ``ema`` at the start to 1 at the end (cosine)."""
-        self.momentum = 1 - (1 - self.ssl.ema) * (math.cos(math.pi * progress) + 1) / 2
+        """The centre moves towards the step's mean teacher output (all processes', all
+        micro-batches'); the teacher towards the student, with a momentum from ``ema`` at the
+        start to 1 at the end (cosine)."""
+        if self.step_outputs:
+            step_mean = all_reduce_mean(torch.cat(self.step_outputs).mean(dim=0, keepdim=True),
+                                        self.dist)
+            self.center.mul_(0.9).add_(step_mean, alpha=0.1)
+            self.step_outputs = []
+        momentum = 1 - (1 - self.ssl.ema) * (math.cos(math.pi * progress) + 1) / 2
         students = dict(self.named_parameters())
         for name, teacher in zip(self.student_names, self.teacher, strict=True):
-            teacher.lerp_(students[name].detach(), 1 - self.momentum)
+            teacher.lerp_(students[name].detach(), 1 - momentum)
 
 
 def feature_objective(model: VideoModel, target: ViT | None, ssl: SSLConfig,

@@ -166,7 +166,8 @@ class Trainer:
 
         opt = cfg.optim
         self.optimizer = build_optimizer(
-            self.trained, opt.lr, opt.weight_decay, opt.betas, opt.lr_mult
+            self.trained, opt.lr, opt.weight_decay, opt.betas, opt.lr_mult,
+            prefix="" if objective is None else "model.",  # lr_mult names the model's
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
         self.ddp = self.trained
@@ -408,11 +409,13 @@ class Trainer:
         objective = self.objective
         objective.eval()
         total = torch.zeros(2, device=self.device)  # loss sum, clips
+        videos = 0
         with torch.no_grad(), self.forward.autocast():
             for i, batch in enumerate(self._val_loader()):
                 if batch["video"] is None:
                     continue
                 video = batch["video"].to(self.device, non_blocking=True)
+                videos += len(video)
                 if video.ndim == 6:  # test views [B, V, T, C, H, W]: each a clip
                     video = video.flatten(0, 1)
                 seed = derive_seed(self.cfg.train.seed, self.dist.rank, i, "ssl val")
@@ -427,11 +430,13 @@ class Trainer:
         if self.dist.is_main:
             logger.info("epoch %d val: %s loss %.4f", self.progress.epoch,
                         self.cfg.ssl.objective, loss)
-        if loss < self.progress.best_loss:
+        # A loss with fixed targets ranks the epochs; one against a moving teacher does not, so
+        # its best checkpoint is the latest validated.
+        if loss < self.progress.best_loss or not objective.ranks_epochs:
             self.progress.best_loss = loss
             if self.dist.is_main:
                 self._save_adapter(BEST_FILE, metrics={"loss": loss})
-        scored = round(total[1].item() * self.dist.world_size)
+        scored = sum(all_gather_objects(videos, self.dist))
         return {"loss": loss, "skipped": left_out(self.val_set, scored, self.dist)}
 
     def _report_skipped(self) -> None:
@@ -492,7 +497,8 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "fingerprint": self.fingerprint,
             "method": self.model.spec.method,
-            "objective": None if self.objective is None else self.objective.extra_state(),
+            "objective": None if self.objective is None else
+            {k: v.cpu() for k, v in self.objective.own_state().items()},
         })
         self.saved_step = self.progress.step
 
