@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_training import synthetic_pretrain_recipe
 from torch.utils.data import Dataset
 
 from vidadapt.cli import main as cli
 from vidadapt.config import config_from_dict
-from vidadapt.data.synthetic import make_synthetic
 from vidadapt.engine.checkpoint import read_adapter
 from vidadapt.engine.experiment import check_pretrainable
 from vidadapt.engine.pretext import PretextClips, is_pretext, pretext_classes
@@ -95,29 +95,11 @@ def test_pretext_classes_and_settings_that_cannot_work():
 
 
 def test_pretrain_then_train_from_its_adapters(tmp_path, capsys):
-    make_synthetic(tmp_path / "videos", 13, 13, frames=8, size=16, workers=1, progress=False)
+    config = synthetic_pretrain_recipe(tmp_path, "order", "  gpu_augment: true\n")
     # A broken training video and a broken validation one, and augmentation left to the device:
     # the pretext's batches go through the dataset's own collation.
     (tmp_path / "videos" / "train" / "00003.mp4").write_bytes(b"truncated")
     (tmp_path / "videos" / "val" / "00004.mp4").write_bytes(b"")
-    config = tmp_path / "pretrain.yaml"
-    config.write_text(f"""
-model: {{method: st_adapter, backbone: vit_tiny, num_frames: 4}}
-method: {{positions: [pre_mlp], width: 16}}
-data:
-  dataset: synthetic
-  root: {tmp_path / 'videos'}
-  synthetic: {{num_train: 13, num_val: 13, frames: 8, size: 16}}
-  sampler: {{type: uniform}}
-  transform: {{size: 16, short_side: 16, flip: false}}
-  batch_size: 13
-  num_workers: 0
-  test_clips: 1
-  gpu_augment: true
-optim: {{epochs: 1, warmup_epochs: 0}}
-ssl: {{objective: order}}
-train: {{amp: off, work_dir: {tmp_path / 'pre'}}}
-""")
     assert cli(["pretrain", str(config)]) == 0
     pretrained = read_adapter(tmp_path / "pre" / "best.safetensors")
     assert pretrained.classes == ["pretext: in order", "pretext: shuffled"]

@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_training import CLASSES, TINY, TemplateClips, tiny_config
+from tiny_training import CLASSES, TINY, TemplateClips, synthetic_pretrain_recipe, tiny_config
 
 from vidadapt import ViT
 from vidadapt.cli import main as cli
 from vidadapt.config import SSLConfig, config_from_dict
-from vidadapt.data.synthetic import make_synthetic
 from vidadapt.engine.checkpoint import read_adapter
 from vidadapt.engine.pretext import is_pretext
 from vidadapt.engine.ssl_objectives import MaskedFeaturePrediction, SelfDistillation
@@ -207,24 +206,7 @@ def test_settings_a_loss_on_features_refuses():
 
 @pytest.mark.parametrize("objective", ["masked", "distill"])
 def test_pretrain_on_features_then_train_from_its_parts(tmp_path, capsys, objective):
-    make_synthetic(tmp_path / "videos", 13, 13, frames=8, size=16, workers=1, progress=False)
-    config = tmp_path / "pretrain.yaml"
-    config.write_text(f"""
-model: {{method: st_adapter, backbone: vit_tiny, num_frames: 4}}
-method: {{positions: [pre_mlp], width: 16}}
-data:
-  dataset: synthetic
-  root: {tmp_path / 'videos'}
-  synthetic: {{num_train: 13, num_val: 13, frames: 8, size: 16}}
-  sampler: {{type: uniform}}
-  transform: {{size: 16, short_side: 16, flip: false}}
-  batch_size: 13
-  num_workers: 0
-  test_clips: 1
-optim: {{epochs: 1, warmup_epochs: 0}}
-ssl: {{objective: {objective}, prototypes: 32}}
-train: {{amp: off, work_dir: {tmp_path / 'pre'}}}
-""")
+    config = synthetic_pretrain_recipe(tmp_path, objective)
     assert cli(["pretrain", str(config)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 1 and summary["best_loss"] == summary["val"]["loss"] > 0

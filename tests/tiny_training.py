@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 
 from vidadapt import ViT, ViTConfig
 from vidadapt.config import ExperimentConfig, config_from_dict
+from vidadapt.data.synthetic import make_synthetic
 from vidadapt.engine.distributed import init_distributed, shutdown_distributed
 from vidadapt.engine.trainer import Trainer
 from vidadapt.models import VideoModel, create_model
@@ -43,6 +45,31 @@ class TemplateClips(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {"video": self.videos[index], "label": int(self.labels[index]), "index": index}
+
+
+def synthetic_pretrain_recipe(root: Path, objective: str, data_extra: str = "") -> Path:
+    """``root/pretrain.yaml``: a one-step ``vidadapt pretrain`` of a small ST-Adapter on a
+    13-video synthetic set made under ``root/videos`` (``data_extra``: more YAML lines of the
+    data section, indented two spaces); its work dir is ``root/pre``."""
+    make_synthetic(root / "videos", 13, 13, frames=8, size=16, workers=1, progress=False)
+    config = root / "pretrain.yaml"
+    config.write_text(f"""
+model: {{method: st_adapter, backbone: vit_tiny, num_frames: 4}}
+method: {{positions: [pre_mlp], width: 16}}
+data:
+  dataset: synthetic
+  root: {root / 'videos'}
+  synthetic: {{num_train: 13, num_val: 13, frames: 8, size: 16}}
+  sampler: {{type: uniform}}
+  transform: {{size: 16, short_side: 16, flip: false}}
+  batch_size: 13
+  num_workers: 0
+  test_clips: 1
+{data_extra}optim: {{epochs: 1, warmup_epochs: 0}}
+ssl: {{objective: {objective}, prototypes: 32}}
+train: {{amp: off, work_dir: {root / 'pre'}}}
+""")
+    return config
 
 
 def tiny_config(work_dir: str, **sections: dict[str, Any]) -> ExperimentConfig:
