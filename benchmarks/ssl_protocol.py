@@ -40,14 +40,17 @@ def vidadapt(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_arm(objective: str, seed: int, work: Path) -> dict:
+def run_arm(objective: str, seed: int, work: Path, pretrain_sets: list[str]) -> dict:
     seed_set = ("--set", f"train.seed={seed}")
     arm: dict = {"objective": objective, "seed": seed}
+    if pretrain_sets:
+        arm["pretrain_set"] = pretrain_sets
     init = "model.init_from=null"  # none: ST-Adapter as initialised (the identity)
     if objective != "none":
         pre = work / f"pretrain_{objective}"
         summary = vidadapt("pretrain", "configs/synthetic/pretrain.yaml", *seed_set,
                            "--set", f"ssl.objective={objective}",
+                           *(arg for item in pretrain_sets for arg in ("--set", item)),
                            "--set", f"train.work_dir={pre}")
         arm["pretext_val"] = summary.get("best_loss", summary.get("best_top1"))
         init = f"model.init_from={pre / 'best.safetensors'}"
@@ -69,11 +72,12 @@ def table(path: Path) -> str:
     arms: dict[str, list[dict]] = {}
     for line in path.read_text().splitlines():
         arm = json.loads(line)
-        arms.setdefault(arm["objective"], []).append(arm)
+        label = ", ".join([arm["objective"], *arm.get("pretrain_set", [])])
+        arms.setdefault(label, []).append(arm)
     measures = ["linear_probe", *(f"{k}_shot" for k in SHOTS)]
     rows = ["| pre-training | seeds | " + " | ".join(m.replace("_", " ") for m in measures)
             + " |", "|---|---|" + "---|" * len(measures)]
-    for objective, runs in arms.items():
+    for objective, runs in arms.items():  # "order" and "order, optim.epochs=32" apart
         cells = []
         for measure in measures:
             values = [run[measure] for run in runs]
@@ -89,6 +93,8 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=["none", "masked", "distill"],
                         help="none (no pre-training) and/or ssl.objective values")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of the pre-training run only, e.g. optim.epochs=32")
     parser.add_argument("--work", type=Path, default=Path("runs/ssl_protocol"))
     parser.add_argument("--out", type=Path, required=True, help="JSONL file the arms are "
                         "appended to (with --table: the file to read)")
@@ -100,7 +106,8 @@ def main() -> None:
         return
     for objective in args.objectives:
         started = time.perf_counter()
-        arm = run_arm(objective, args.seed, args.work / f"{objective}_seed{args.seed}")
+        arm = run_arm(objective, args.seed, args.work / f"{objective}_seed{args.seed}",
+                      args.pretrain_set)
         arm["minutes"] = round((time.perf_counter() - started) / 60, 1)
         print(json.dumps(arm), flush=True)
         with args.out.open("a") as out:
