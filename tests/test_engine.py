@@ -10,7 +10,14 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from tiny_training import CLASSES, TemplateClips, tiny_config, tiny_model, train_tiny
+from tiny_training import (
+    CLASSES,
+    TemplateClips,
+    synthetic_recipe,
+    tiny_config,
+    tiny_model,
+    train_tiny,
+)
 from torch.utils.data import DataLoader
 
 from vidadapt.cli import main as cli
@@ -236,21 +243,8 @@ def test_train_eval_predict_commands_on_the_synthetic_set(tmp_path, capsys):
     make_synthetic(tmp_path / "videos", 13, 13, frames=8, size=32, workers=1, progress=False)
     broken = tmp_path / "videos" / "train" / "00003.mp4"
     broken.write_bytes(b"truncated download")
-    config = tmp_path / "synthetic.yaml"
-    config.write_text(f"""
-model: {{method: aim, backbone: vit_tiny, num_frames: 4}}
-data:
-  dataset: synthetic
-  root: {tmp_path / 'videos'}
-  synthetic: {{num_train: 13, num_val: 13, frames: 8, size: 32}}
-  sampler: {{type: uniform}}
-  transform: {{size: 32, short_side: 32, flip: false}}
-  batch_size: 13
-  num_workers: 0
-  test_clips: 2
-optim: {{epochs: 1, warmup_epochs: 0}}
-train: {{amp: off, work_dir: {tmp_path / 'run'}}}
-""")
+    config = synthetic_recipe(tmp_path, "model: {method: aim, backbone: vit_tiny, num_frames: 4}",
+                              size=32, test_clips=2, name="synthetic.yaml")
     assert cli(["train", str(config)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 1

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny_training import synthetic_recipe
 
 from vidadapt.cli import main as cli
 from vidadapt.config import config_from_dict
@@ -119,22 +120,9 @@ def test_eval_open_set_on_the_synthetic_set(tmp_path, capsys, model):
     make_synthetic(tmp_path / "videos", 26, 26, frames=4, size=16, workers=1, progress=False,
                    num_test=26)
     known = [CLASSES[i] for i in range(13) if i % 3 != 2]
-    config = tmp_path / "open_set.yaml"
-    config.write_text(f"""
-model: {model}
-data:
-  dataset: synthetic
-  root: {tmp_path / 'videos'}
-  synthetic: {{num_train: 26, num_val: 26, num_test: 26, frames: 4, size: 16}}
-  known_classes: {json.dumps(known)}
-  sampler: {{type: uniform}}
-  transform: {{size: 16, short_side: 16, flip: false}}
-  batch_size: 9
-  num_workers: 0
-  test_clips: 1
-optim: {{epochs: 1, warmup_epochs: 0}}
-train: {{amp: off, work_dir: {tmp_path / 'run'}, feature_cache: off}}
-""")
+    config = synthetic_recipe(tmp_path, f"model: {model}", frames=4, counts=(26, 26, 26),
+                              batch_size=9, data_extra=f"  known_classes: {json.dumps(known)}\n",
+                              train_extra=", feature_cache: off", name="open_set.yaml")
     assert cli(["train", str(config)]) == 0
     best = str(tmp_path / "run" / "best.safetensors")
     assert cli(["eval", "--checkpoint", best, "--open-set"]) == 2

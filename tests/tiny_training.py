@@ -47,29 +47,45 @@ class TemplateClips(Dataset):
         return {"video": self.videos[index], "label": int(self.labels[index]), "index": index}
 
 
-def synthetic_pretrain_recipe(root: Path, objective: str, data_extra: str = "") -> Path:
-    """``root/pretrain.yaml``: a one-step ``vidadapt pretrain`` of a small ST-Adapter on a
-    13-video synthetic set made under ``root/videos`` (``data_extra``: more YAML lines of the
-    data section, indented two spaces); its work dir is ``root/pre``."""
-    make_synthetic(root / "videos", 13, 13, frames=8, size=16, workers=1, progress=False)
-    config = root / "pretrain.yaml"
+def synthetic_recipe(root: Path, head: str, *, frames: int = 8, size: int = 16,
+                     counts: tuple[int, ...] = (13, 13), batch_size: int = 13,
+                     test_clips: int = 1, data_extra: str = "", train_extra: str = "",
+                     tail: str = "", work_dir: str = "run", name: str = "recipe.yaml") -> Path:
+    """``root/name``: a one-epoch recipe over the synthetic set the caller made under
+    ``root/videos`` with ``counts`` (train, val[, test]) videos of ``frames`` frames at
+    ``size``. ``head``: the model (and method) sections; ``data_extra``: more lines of the data
+    section (indented two spaces); ``train_extra``: more keys of the train mapping (from
+    ``, ``); ``tail``: more sections; the work dir is ``root/work_dir``."""
+    names = ("train", "val", "test")[:len(counts)]
+    splits = ", ".join(f"num_{name}: {n}" for name, n in zip(names, counts, strict=True))
+    config = root / name
     config.write_text(f"""
-model: {{method: st_adapter, backbone: vit_tiny, num_frames: 4}}
-method: {{positions: [pre_mlp], width: 16}}
+{head}
 data:
   dataset: synthetic
   root: {root / 'videos'}
-  synthetic: {{num_train: 13, num_val: 13, frames: 8, size: 16}}
+  synthetic: {{{splits}, frames: {frames}, size: {size}}}
   sampler: {{type: uniform}}
-  transform: {{size: 16, short_side: 16, flip: false}}
-  batch_size: 13
+  transform: {{size: {size}, short_side: {size}, flip: false}}
+  batch_size: {batch_size}
   num_workers: 0
-  test_clips: 1
+  test_clips: {test_clips}
 {data_extra}optim: {{epochs: 1, warmup_epochs: 0}}
-ssl: {{objective: {objective}, prototypes: 32}}
-train: {{amp: off, work_dir: {root / 'pre'}}}
-""")
+train: {{amp: off, work_dir: {root / work_dir}{train_extra}}}
+{tail}""")
     return config
+
+
+def synthetic_pretrain_recipe(root: Path, objective: str, data_extra: str = "") -> Path:
+    """``root/pretrain.yaml``: a one-step ``vidadapt pretrain`` of a small ST-Adapter on a
+    13-video synthetic set made under ``root/videos`` (``data_extra`` as
+    :func:`synthetic_recipe`'s); its work dir is ``root/pre``."""
+    make_synthetic(root / "videos", 13, 13, frames=8, size=16, workers=1, progress=False)
+    return synthetic_recipe(
+        root, "model: {method: st_adapter, backbone: vit_tiny, num_frames: 4}\n"
+        "method: {positions: [pre_mlp], width: 16}", data_extra=data_extra,
+        tail=f"ssl: {{objective: {objective}, prototypes: 32}}\n", work_dir="pre",
+        name="pretrain.yaml")
 
 
 def tiny_config(work_dir: str, **sections: dict[str, Any]) -> ExperimentConfig:
