@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "Train a model from a YAML recipe (GPUs: torchrun --nproc_per_node N -m "
                        "vidadapt train)."),
     "pretrain": ("pretrain", "Self-supervised adaptation: train a method's parts on unlabeled "
-                             "clips by a pretext task (ssl.objective)."),
+                             "clips (ssl.objective: order, arrow, speed, masked, distill)."),
     "eval": ("eval", "Evaluate an adapter checkpoint with multi-view testing (clips x crops); "
                      "metrics + plots."),
     "base-to-new": ("base_to_new", "Base-to-new generalisation of a CLIP method: base and new "
