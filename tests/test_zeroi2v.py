@@ -1,4 +1,5 @@
-"""ZeroI2V: the head shift moves exactly the listed heads' keys and values across frames, the
+"""ZeroI2V: the frame shift moves exactly the listed heads' (or channel slices') keys and
+values across frames, the
 linear adapters fold into the layers they wrap, and the exported model is the image model's
 layers plus the shift: the trained model's logits at the plain model's cost."""
 
@@ -13,7 +14,7 @@ from vidadapt.backbones.vit import TokenLayout
 from vidadapt.errors import ConfigError
 from vidadapt.export import load_exported, save_exported
 from vidadapt.methods.folding import merged_state_dict
-from vidadapt.methods.zeroi2v import AdaptedLinear, HeadShift, LinearAdapter
+from vidadapt.methods.zeroi2v import AdaptedLinear, FrameShift, LinearAdapter
 from vidadapt.models import create_model
 from vidadapt.report import model_report
 
@@ -24,12 +25,26 @@ def test_head_shift_moves_the_listed_heads_across_frames_and_keeps_the_edges():
     B, T, H, N, d = 2, 5, 4, 3, 2
     # Every value names its frame: frame t holds t everywhere.
     k = torch.arange(T).float().view(1, T, 1, 1, 1).expand(B, T, H, N, d).reshape(B * T, H, N, d)
-    shifted, _ = HeadShift((-1, 1, 2))(k, k, TokenLayout(batch=B, frames=T, grid=(1, 2)))
+    shifted, _ = FrameShift((-1, 1, 2))(k, k, TokenLayout(batch=B, frames=T, grid=(1, 2)))
     frame_of = shifted.view(B, T, H, N, d)[0, :, :, 0, 0]  # [T, H]: whose keys each head sees
     assert frame_of[:, 0].tolist() == [0, 0, 1, 2, 3]  # t - 1; frame 0 keeps its own
     assert frame_of[:, 1].tolist() == [1, 2, 3, 4, 4]  # t + 1; the last keeps its own
     assert frame_of[:, 2].tolist() == [2, 3, 4, 3, 4]  # t + 2
     assert frame_of[:, 3].tolist() == [0, 1, 2, 3, 4]  # spatial
+
+
+def test_channel_shift_moves_the_same_slice_of_every_head():
+    B, T, H, N, d = 2, 4, 3, 5, 8
+    k = torch.arange(T).float().view(1, T, 1, 1, 1).expand(B, T, H, N, d).reshape(B * T, H, N, d)
+    v = k + 10  # values move with their keys
+    shift = FrameShift((-1, 1), channels=2)
+    sk, sv = shift(k, v, TokenLayout(batch=B, frames=T, grid=(1, N - 1)))
+    frame_of = sk.view(B, T, H, N, d)[1, :, :, 2]  # [T, H, d]: whose key each channel holds
+    for head in range(H):
+        assert frame_of[:, head, 0:2].T.tolist() == [[0, 0, 1, 2]] * 2  # t - 1
+        assert frame_of[:, head, 2:4].T.tolist() == [[1, 2, 3, 3]] * 2  # t + 1
+        assert frame_of[:, head, 4:].T.tolist() == [[0, 1, 2, 3]] * 4  # its own frame
+    torch.testing.assert_close(sv, sk + 10, rtol=0, atol=0)
 
 
 def test_the_shift_stays_out_of_attention_across_frames():
@@ -38,7 +53,7 @@ def test_the_shift_stays_out_of_attention_across_frames():
     x = torch.randn(2 * FRAMES, 17, 128)
     layout = TokenLayout(batch=2, frames=FRAMES, grid=(4, 4))
     across, within = attn.forward_frames(x, layout), attn(x, layout)
-    attn.kv_sites.append(HeadShift((-1, 1)))
+    attn.kv_sites.append(FrameShift((-1, 1)))
     torch.testing.assert_close(attn.forward_frames(x, layout), across, rtol=0, atol=0)
     assert not torch.allclose(attn(x, layout), within)  # it acts on the frames' attention
 
@@ -58,9 +73,10 @@ def test_an_adapted_layer_folds_into_one_linear_layer(before):
                                atol=1e-5)
 
 
-def trained_zeroi2v(seed: int = 0):
+def trained_zeroi2v(seed: int = 0, **options):
     torch.manual_seed(seed)
-    model = create_model("zeroi2v", "vit_tiny", num_classes=5, num_frames=FRAMES, image_size=32)
+    model = create_model("zeroi2v", "vit_tiny", num_classes=5, num_frames=FRAMES, image_size=32,
+                         zeroi2v=options)
     with torch.no_grad():  # as if trained: every tuned tensor away from its init
         for p in model.parameters():
             if p.requires_grad:
@@ -68,8 +84,9 @@ def trained_zeroi2v(seed: int = 0):
     return model.eval()
 
 
-def test_export_is_the_image_models_layers_with_the_trained_logits(tmp_path):
-    model = trained_zeroi2v()
+@pytest.mark.parametrize("shift_unit", ["heads", "channels"])
+def test_export_is_the_image_models_layers_with_the_trained_logits(tmp_path, shift_unit):
+    model = trained_zeroi2v(shift_unit=shift_unit)
     clip = torch.randn(2, FRAMES, 3, 32, 32)
     with torch.no_grad():
         expected = model(clip)
@@ -78,6 +95,7 @@ def test_export_is_the_image_models_layers_with_the_trained_logits(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(served(clip), expected, rtol=1e-5, atol=1e-5)
     assert served.spec.options["zeroi2v"]["folded"] is True
+    assert served.spec.options["zeroi2v"]["shift_unit"] == shift_unit
     plain = create_model("linear", "vit_tiny", num_classes=5, num_frames=FRAMES, image_size=32)
     # The image model's tensors, the head, and only the temporal embedding beside them.
     extra = set(served.state_dict()) - set(plain.state_dict())
@@ -113,6 +131,12 @@ def test_options_that_cannot_work_are_refused():
     with pytest.raises(ConfigError, match="leave none of the 4 heads spatial"):
         create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
                      zeroi2v={"shift_offsets": [-1, 1, -2, 2]})
+    with pytest.raises(ConfigError, match="each head has 32 channels"):  # 2 x 16 = all of them
+        create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
+                     zeroi2v={"shift_unit": "channels", "shift_div": 2})
+    with pytest.raises(ConfigError, match="use heads or channels"):
+        create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
+                     zeroi2v={"shift_unit": "tokens"})
     with pytest.raises(ConfigError, match="reach past the 4 frames"):
         create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
                      zeroi2v={"shift_offsets": [-4]})

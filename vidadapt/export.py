@@ -63,7 +63,7 @@ def serving_spec(spec: ModelSpec) -> ModelSpec:
         plain = create_model(**spec_kwargs(plain_spec))
         remaining = create_model(**spec_kwargs(kept_spec))
     # BitFit and full fine-tuning change only the image model's own tensors: plain as well. A
-    # parameter-free site module (ZeroI2V's head shift) still changes the computation.
+    # parameter-free site module (ZeroI2V's frame shift) still changes the computation.
     same = set(remaining.state_dict()) == set(plain.state_dict())
     return plain_spec if same and not has_site_modules(remaining.backbone) else kept_spec
 

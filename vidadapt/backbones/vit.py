@@ -26,7 +26,7 @@ are empty by default, so the plain model runs the plain ViT):
                           scaled parallel adapter of MAM).
 ``Block.post_mlp``        maps the MLP output before the residual add (Houlsby adapter).
 ``Attention.kv_sites``    maps ``(k, v)`` head tensors before attention (prefix tuning, ZeroI2V's
-                          head shift; a site with ``spatial_only = True`` is skipped by the
+                          frame shift; a site with ``spatial_only = True`` is skipped by the
                           attention across frames).
 ``Attention.qkv / proj``, ``Mlp.fc1 / fc2``  plain ``nn.Linear`` layers that LoRA and ZeroI2V's
                           adapters wrap in place.
@@ -176,7 +176,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(B, T, N, 3, H, D // H)  # [B, T, N, 3, H, d]
         q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).unbind(0)  # 3 x [B, N, H, T, d] (views)
         # Sites take [batch, H, L, d]: here one sequence per (clip, token). A site that works
-        # on the frames' own sequences (ZeroI2V's head shift) declares ``spatial_only``.
+        # on the frames' own sequences (ZeroI2V's frame shift) declares ``spatial_only``.
         sites = [s for s in self.kv_sites if not getattr(s, "spatial_only", False)]
         if sites:
             q, k, v = (t.reshape(B * N, H, T, D // H) for t in (q, k, v))

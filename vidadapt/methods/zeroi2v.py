@@ -2,17 +2,20 @@
 
 Two parts, both free at inference (docs/methods.md):
 
-1. **Head shift** (the paper's spatial-temporal dual-head attention): in every block, attention
-   head ``i < len(shift_offsets)`` of frame ``t`` attends to the keys and values of frame
-   ``t + shift_offsets[i]`` of the same clip (an edge frame with no such neighbour keeps its
-   own); the other heads stay spatial. Queries never move. No parameters, no FLOPs: a
-   ``kv_sites`` module that only re-indexes K and V.
+1. **Frame shift** of keys and values: in every block, part ``i`` of the keys and values of
+   frame ``t`` is taken from frame ``t + shift_offsets[i]`` of the same clip (an edge frame
+   with no such neighbour keeps its own). Part ``i`` is attention head ``i`` (``shift_unit:
+   heads``, the paper's spatial-temporal dual-head attention: the other heads stay spatial) or
+   channels ``[i c, (i + 1) c)`` of every head, ``c = head_dim // shift_div`` (``channels``,
+   the temporal channel shift of the released code's ablations: every head mixes its own
+   frame with its neighbours'). Queries never move. No parameters, no FLOPs: a ``kv_sites``
+   module that only re-indexes K and V.
 2. **Linear adapters**: ``x + s · up(dropout(down(x)))`` with no activation, four per block
    — before the fused qkv projection, after the attention's output projection, before the
    MLP's first layer, after its second — each wrapping that frozen ``nn.Linear``
    (:class:`AdaptedLinear`). Being linear, each folds into the layer it wraps:
    ``vidadapt export`` writes the plain layers (``folding.merged_state_dict``) and a model
-   with ``folded: true``, which has the image model's layers and cost plus the head shift.
+   with ``folded: true``, which has the image model's layers and cost plus the frame shift.
 
 A zero temporal embedding is added to every token and ``ln_post`` (the final norm) trains, as
 in the official code; up projections start at zero, so training starts at the image model.
@@ -34,8 +37,11 @@ from .layers import TemporalEmbedding
 
 @dataclass
 class ZeroI2VConfig:
-    shift_offsets: tuple[int, ...] = (-1, 1)  # frame offset of heads 0, 1, ...: K400 (-1, 1)
-    # (one head looks back, one ahead); SSv2 (-1, 1, -2, 2); the other heads stay spatial
+    shift_offsets: tuple[int, ...] = (-1, 1)  # frame offset of shifted part 0, 1, ...: K400
+    # (-1, 1) (one part looks back, one ahead); SSv2 (-1, 1, -2, 2); the rest stays in its frame
+    shift_unit: str = "heads"  # what a part is: "heads" (head i: the paper's; the other heads
+    # stay spatial) or "channels" (channel slice i of every head, head_dim // shift_div wide)
+    shift_div: int = 4  # channels: a part is 1 / shift_div of each head's channels
     adapters: bool = True  # four linear adapters per block (folded into the layers by export)
     bottleneck_ratio: float = 0.25  # adapter hidden width = ratio * D
     adapter_scale: float = 0.5  # s: 0.5 for K400, 1.0 for SSv2
@@ -48,17 +54,21 @@ class ZeroI2VConfig:
         self.shift_offsets = tuple(int(o) for o in self.shift_offsets)
         if 0 in self.shift_offsets:
             raise ConfigError("zeroi2v.shift_offsets: 0 is the frame itself; list the "
-                              "offsets of the temporal heads only, e.g. [-1, 1]")
+                              "offsets of the shifted parts only, e.g. [-1, 1]")
+        if self.shift_unit not in ("heads", "channels"):
+            raise ConfigError(f"zeroi2v.shift_unit: {self.shift_unit!r}; use heads or channels")
 
 
-class HeadShift(nn.Module):
-    """kv site: head ``i`` takes the keys and values of frame ``t + offsets[i]``."""
+class FrameShift(nn.Module):
+    """kv site: part ``i`` of the keys and values of frame ``t`` comes from frame
+    ``t + offsets[i]``: head ``i`` (``channels=None``) or channels ``[i c, (i + 1) c)`` of
+    every head (``channels=c``)."""
 
     spatial_only = True  # shifts frames of the per-frame attention; not for attention across T
 
-    def __init__(self, offsets: tuple[int, ...]) -> None:
+    def __init__(self, offsets: tuple[int, ...], channels: int | None = None) -> None:
         super().__init__()
-        self.offsets = offsets
+        self.offsets, self.channels = offsets, channels
 
     def forward(self, k: Tensor, v: Tensor, layout: TokenLayout) -> tuple[Tensor, Tensor]:
         return self.shift(k, layout), self.shift(v, layout)
@@ -68,15 +78,36 @@ class HeadShift(nn.Module):
         T = layout.frames
         frames = x.view(BT // T, T, H, N, d)  # [B, T, H, N, d]
         out = frames.clone()
-        for head, offset in enumerate(self.offsets):
+        for part, offset in enumerate(self.offsets):
             # Frames t with t + offset inside the clip read it; the others keep their own.
             source = slice(max(offset, 0), T + min(offset, 0))
             dest = slice(max(-offset, 0), T + min(-offset, 0))
-            out[:, dest, head] = frames[:, source, head]
+            if self.channels is None:  # the whole head
+                out[:, dest, part] = frames[:, source, part]
+            else:  # one slice of every head's channels
+                width = slice(part * self.channels, (part + 1) * self.channels)
+                out[:, dest, ..., width] = frames[:, source, ..., width]
         return out.view(BT, H, N, d)
 
     def extra_repr(self) -> str:
-        return f"offsets={self.offsets}"
+        unit = "heads" if self.channels is None else f"{self.channels} channels of each head"
+        return f"offsets={self.offsets}, parts={unit}"
+
+
+def frame_shift(cfg: ZeroI2VConfig, heads: int, head_dim: int) -> FrameShift:
+    """The shift ``cfg`` asks for, refused in one line where no part would stay in its frame."""
+    parts = len(cfg.shift_offsets)
+    if cfg.shift_unit == "heads":
+        if parts >= heads:
+            raise ConfigError(f"zeroi2v.shift_offsets: {parts} temporal heads leave none of "
+                              f"the {heads} heads spatial")
+        return FrameShift(cfg.shift_offsets)
+    channels = head_dim // cfg.shift_div if cfg.shift_div > 0 else 0
+    if channels == 0 or parts * channels >= head_dim:
+        raise ConfigError(f"zeroi2v.shift_div {cfg.shift_div} with {parts} offsets: each head "
+                          f"has {head_dim} channels; use 1 <= head_dim // shift_div and "
+                          f"offsets * (head_dim // shift_div) < {head_dim}")
+    return FrameShift(cfg.shift_offsets, channels)
 
 
 class LinearAdapter(nn.Module):
@@ -134,9 +165,6 @@ ADAPTED_LAYERS = (("attn.qkv", True), ("attn.proj", False), ("mlp.fc1", True),
 def apply_zeroi2v(target: Target, cfg: ZeroI2VConfig) -> MethodParts:
     vit: ViT = target.backbone
     heads = vit.blocks[0].attn.heads
-    if len(cfg.shift_offsets) >= heads:
-        raise ConfigError(f"zeroi2v.shift_offsets: {len(cfg.shift_offsets)} temporal heads "
-                          f"leave none of the {heads} heads spatial")
     if max(abs(o) for o in cfg.shift_offsets) >= target.num_frames:
         raise ConfigError(f"zeroi2v.shift_offsets {list(cfg.shift_offsets)} reach past the "
                           f"{target.num_frames} frames of a clip")
@@ -147,7 +175,7 @@ def apply_zeroi2v(target: Target, cfg: ZeroI2VConfig) -> MethodParts:
         vit.embed_sites.append(embedding)
         trainable.append(embedding)
     for block in vit.blocks:
-        block.attn.kv_sites.append(HeadShift(cfg.shift_offsets))
+        block.attn.kv_sites.append(frame_shift(cfg, heads, vit.width // heads))
         if not cfg.adapters or cfg.folded:
             continue
         for path, before in ADAPTED_LAYERS:
