@@ -7,7 +7,8 @@ All models live in this one process and are timed in turn, round after round (th
 round warms up); the median forward time of a batch gives clips/s. ``lora_exported`` is the
 LoRA model written by ``save_exported`` and read back by ``load_exported``: a plain ViT + head,
 so its cost should match ``linear`` (the plain image model) and undercut unmerged ``lora``;
-``zeroi2v_exported`` likewise (the plain layers plus the parameter-free head shift).
+``zeroi2v_exported`` and ``zeroi2v_channels_exported`` likewise (the plain layers plus the
+parameter-free frame shift).
 FLOPs per clip are counted on the meta device (multiply-add = 2); with ``--peak-tflops``
 (the device's dense bf16 peak) the table adds the fraction of it reached. On CUDA the forward
 runs under bf16 autocast, on CPU in fp32; always under ``torch.inference_mode``.
@@ -31,7 +32,8 @@ from vidadapt.models import VideoModel, create_model
 from vidadapt.report import measure
 
 DEFAULT = "linear,lora,lora_exported,zeroi2v,zeroi2v_exported,aim_stj,st_adapter,vpt,prefix,adapter"
-EXPORTED = {"lora_exported": "lora", "zeroi2v_exported": "zeroi2v"}  # name → trained variant
+EXPORTED = {"lora_exported": "lora", "zeroi2v_exported": "zeroi2v",  # name → trained variant
+            "zeroi2v_channels_exported": "zeroi2v_channels"}
 
 
 def exported(variant: str, shape: Shape) -> VideoModel:
@@ -117,10 +119,11 @@ def main() -> None:
         return
     print(f"{shape.backbone}, {shape.frames}x{shape.image_size}², batch {shape.batch}, {device} "
           f"({torch.get_num_threads()} threads)")
-    print(f"{'model':<18}{'clips/s':>10}{'GFLOPs/clip':>13}{'TFLOP/s':>10}{'of peak':>9}")
+    width = max(len(name) for name in ["model", *results]) + 2
+    print(f"{'model':<{width}}{'clips/s':>10}{'GFLOPs/clip':>13}{'TFLOP/s':>10}{'of peak':>9}")
     for name, r in results.items():
         peak = f"{100 * r['fraction_of_peak']:.0f}%" if "fraction_of_peak" in r else "-"
-        print(f"{name:<18}{r['clips_per_s']:>10.2f}{r['gflops_per_clip']:>13.1f}"
+        print(f"{name:<{width}}{r['clips_per_s']:>10.2f}{r['gflops_per_clip']:>13.1f}"
               f"{r['achieved_tflops']:>10.3f}{peak:>9}")
 
 

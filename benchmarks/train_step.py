@@ -91,6 +91,8 @@ VARIANTS = {
     "bitfit": Variant("bitfit"),
     "evl": Variant("evl"),  # the backbone runs without autograd: no backward through it
     "zeroi2v": Variant("zeroi2v"),  # K400 setting: heads 0, 1 look at t - 1, t + 1
+    # the synthetic recipe's unit: a quarter of every head's channels looks at t - 1, one at t + 1
+    "zeroi2v_channels": Variant("zeroi2v", {"shift_unit": "channels"}),
     "side_network": Variant("side_network"),  # DiST's form; no backward through the backbone
     # 8 frames as they are plus two 2x2 grids of them (10 images, as the paper's 8 + 32/16)
     "dualpath": Variant("dualpath", {"spatial_frames": 8, "grid": 2}),
