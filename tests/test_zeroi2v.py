@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vidadapt.backbones.vit import TokenLayout
 from vidadapt.errors import ConfigError
-from vidadapt.export import load_exported, save_exported
+from vidadapt.export import load_exported, save_exported, save_onnx
 from vidadapt.methods.folding import merged_state_dict
 from vidadapt.methods.zeroi2v import AdaptedLinear, FrameShift, LinearAdapter
 from vidadapt.models import create_model
@@ -140,3 +140,14 @@ def test_options_that_cannot_work_are_refused():
     with pytest.raises(ConfigError, match="reach past the 4 frames"):
         create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
                      zeroi2v={"shift_offsets": [-4]})
+
+
+def test_the_channel_shift_exports_to_onnx(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = trained_zeroi2v(shift_unit="channels")
+    path = save_onnx(model, tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    clips = torch.randn(2, FRAMES, 3, 32, 32)
+    (logits,) = session.run(None, {"video": clips.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), model(clips), rtol=1e-4, atol=1e-4)
