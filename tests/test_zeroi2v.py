@@ -131,9 +131,12 @@ def test_options_that_cannot_work_are_refused():
     with pytest.raises(ConfigError, match="leave none of the 4 heads spatial"):
         create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
                      zeroi2v={"shift_offsets": [-1, 1, -2, 2]})
-    with pytest.raises(ConfigError, match="each head has 32 channels"):  # 2 x 16 = all of them
+    with pytest.raises(ConfigError, match="2 offsets x 16 channels leave none of a head's 32"):
         create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
                      zeroi2v={"shift_unit": "channels", "shift_div": 2})
+    with pytest.raises(ConfigError, match="shift_div 64: a part is head_dim // shift_div"):
+        create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
+                     zeroi2v={"shift_unit": "channels", "shift_div": 64})
     with pytest.raises(ConfigError, match="use heads or channels"):
         create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
                      zeroi2v={"shift_unit": "tokens"})

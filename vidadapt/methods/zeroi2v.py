@@ -102,11 +102,14 @@ def frame_shift(cfg: ZeroI2VConfig, heads: int, head_dim: int) -> FrameShift:
             raise ConfigError(f"zeroi2v.shift_offsets: {parts} temporal heads leave none of "
                               f"the {heads} heads spatial")
         return FrameShift(cfg.shift_offsets)
-    channels = head_dim // cfg.shift_div if cfg.shift_div > 0 else 0
-    if channels == 0 or parts * channels >= head_dim:
-        raise ConfigError(f"zeroi2v.shift_div {cfg.shift_div} with {parts} offsets: each head "
-                          f"has {head_dim} channels; use 1 <= head_dim // shift_div and "
-                          f"offsets * (head_dim // shift_div) < {head_dim}")
+    if not 1 <= cfg.shift_div <= head_dim:
+        raise ConfigError(f"zeroi2v.shift_div {cfg.shift_div}: a part is head_dim // shift_div "
+                          f"channels; use 1 to {head_dim}")
+    channels = head_dim // cfg.shift_div
+    if parts * channels >= head_dim:
+        raise ConfigError(f"zeroi2v.shift_div {cfg.shift_div}: {parts} offsets x {channels} "
+                          f"channels leave none of a head's {head_dim} in its own frame; "
+                          f"raise shift_div above {parts}")
     return FrameShift(cfg.shift_offsets, channels)
 
 
