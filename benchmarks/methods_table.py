@@ -74,7 +74,7 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "st_adapter": DEMO_RUNS["st_adapter"],
     "evl": ("evl.yaml", [], "EVL"),
     "zeroi2v": ("zeroi2v.yaml", [], "ZeroI2V (folds away on export)"),
-    "side_network": ("side_network.yaml", [], "side network, DiST's form"),
+    "side_network": ("side_network.yaml", [], "side network, DiST's form, 23 epochs"),
     # 8 frames + two 2x2 grids of them at ViT-B/16: the images of the paper's 8 + 32/16
     "dualpath": ("dualpath.yaml", ["method.grid=2"], "DualPath"),
     # Motion as a second modality: per-frame prompts from the RGB difference or optical flow.

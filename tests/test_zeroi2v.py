@@ -1,7 +1,6 @@
-"""ZeroI2V: the frame shift moves exactly the listed heads' (or channel slices') keys and
-values across frames, the
-linear adapters fold into the layers they wrap, and the exported model is the image model's
-layers plus the shift: the trained model's logits at the plain model's cost."""
+"""ZeroI2V: the frame shift moves exactly the listed heads' (or channel slices') keys and values
+across frames, the linear adapters fold into the layers they wrap, and the exported model is the
+image model's layers plus the shift: the trained model's logits at the plain model's cost."""
 
 from __future__ import annotations
 
@@ -35,16 +34,20 @@ def test_head_shift_moves_the_listed_heads_across_frames_and_keeps_the_edges():
 
 def test_channel_shift_moves_the_same_slice_of_every_head():
     B, T, H, N, d = 2, 4, 3, 5, 8
-    k = torch.arange(T).float().view(1, T, 1, 1, 1).expand(B, T, H, N, d).reshape(B * T, H, N, d)
-    v = k + 10  # values move with their keys
+    # Every value names its place: 1000 clip + 100 frame + 10 head + token.
+    place = (1000 * torch.arange(B).view(B, 1, 1, 1, 1) + 100 * torch.arange(T).view(1, T, 1, 1, 1)
+             + 10 * torch.arange(H).view(1, 1, H, 1, 1) + torch.arange(N).view(1, 1, 1, N, 1))
+    k = place.expand(B, T, H, N, d).reshape(B * T, H, N, d).float()
+    v = k + 0.5  # values move with their keys
     shift = FrameShift((-1, 1), channels=2)
     sk, sv = shift(k, v, TokenLayout(batch=B, frames=T, grid=(1, N - 1)))
-    frame_of = sk.view(B, T, H, N, d)[1, :, :, 2]  # [T, H, d]: whose key each channel holds
-    for head in range(H):
-        assert frame_of[:, head, 0:2].T.tolist() == [[0, 0, 1, 2]] * 2  # t - 1
-        assert frame_of[:, head, 2:4].T.tolist() == [[1, 2, 3, 3]] * 2  # t + 1
-        assert frame_of[:, head, 4:].T.tolist() == [[0, 1, 2, 3]] * 4  # its own frame
-    torch.testing.assert_close(sv, sk + 10, rtol=0, atol=0)
+    moved = sk.view(B, T, H, N, d)
+    source = {0: [0, 0, 1, 2], 2: [1, 2, 3, 3], 4: [0, 1, 2, 3]}  # t - 1, t + 1, its own frame
+    for b, h, n in [(0, 0, 0), (1, 2, 4), (1, 1, 3)]:
+        for first, width in ((0, 2), (2, 2), (4, 4)):
+            expected = [[1000 * b + 100 * f + 10 * h + n] * width for f in source[first]]
+            assert moved[b, :, h, n, first:first + width].tolist() == expected
+    torch.testing.assert_close(sv, sk + 0.5, rtol=0, atol=0)
 
 
 def test_the_shift_stays_out_of_attention_across_frames():
@@ -84,9 +87,11 @@ def trained_zeroi2v(seed: int = 0, **options):
     return model.eval()
 
 
-@pytest.mark.parametrize("shift_unit", ["heads", "channels"])
-def test_export_is_the_image_models_layers_with_the_trained_logits(tmp_path, shift_unit):
-    model = trained_zeroi2v(shift_unit=shift_unit)
+@pytest.mark.parametrize("shift", [{"shift_unit": "heads"},
+                                   {"shift_unit": "channels", "shift_div": 8,
+                                    "shift_offsets": [-1, 1, 2]}])
+def test_export_is_the_image_models_layers_with_the_trained_logits(tmp_path, shift):
+    model = trained_zeroi2v(**shift)
     clip = torch.randn(2, FRAMES, 3, 32, 32)
     with torch.no_grad():
         expected = model(clip)
@@ -95,7 +100,8 @@ def test_export_is_the_image_models_layers_with_the_trained_logits(tmp_path, shi
     with torch.no_grad():
         torch.testing.assert_close(served(clip), expected, rtol=1e-5, atol=1e-5)
     assert served.spec.options["zeroi2v"]["folded"] is True
-    assert served.spec.options["zeroi2v"]["shift_unit"] == shift_unit
+    for key, value in shift.items():  # the exported model shifts as the trained one did
+        assert served.spec.options["zeroi2v"][key] == value
     plain = create_model("linear", "vit_tiny", num_classes=5, num_frames=FRAMES, image_size=32)
     # The image model's tensors, the head, and only the temporal embedding beside them.
     extra = set(served.state_dict()) - set(plain.state_dict())
@@ -137,6 +143,9 @@ def test_options_that_cannot_work_are_refused():
     with pytest.raises(ConfigError, match="shift_div 64: a part is head_dim // shift_div"):
         create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
                      zeroi2v={"shift_unit": "channels", "shift_div": 64})
+    with pytest.raises(ConfigError, match="shift_div: 2.5; use a whole number"):
+        create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
+                     zeroi2v={"shift_unit": "channels", "shift_div": 2.5})
     with pytest.raises(ConfigError, match="use heads or channels"):
         create_model("zeroi2v", "vit_tiny", num_classes=3, num_frames=FRAMES,
                      zeroi2v={"shift_unit": "tokens"})

@@ -41,7 +41,7 @@ class ZeroI2VConfig:
     # (-1, 1) (one part looks back, one ahead); SSv2 (-1, 1, -2, 2); the rest stays in its frame
     shift_unit: str = "heads"  # what a part is: "heads" (head i: the paper's; the other heads
     # stay spatial) or "channels" (channel slice i of every head, head_dim // shift_div wide)
-    shift_div: int = 4  # channels: a part is 1 / shift_div of each head's channels
+    shift_div: int = 4  # channels only: a part is head_dim // shift_div of each head's channels
     adapters: bool = True  # four linear adapters per block (folded into the layers by export)
     bottleneck_ratio: float = 0.25  # adapter hidden width = ratio * D
     adapter_scale: float = 0.5  # s: 0.5 for K400, 1.0 for SSv2
@@ -57,6 +57,8 @@ class ZeroI2VConfig:
                               "offsets of the shifted parts only, e.g. [-1, 1]")
         if self.shift_unit not in ("heads", "channels"):
             raise ConfigError(f"zeroi2v.shift_unit: {self.shift_unit!r}; use heads or channels")
+        if isinstance(self.shift_div, bool) or not isinstance(self.shift_div, int):
+            raise ConfigError(f"zeroi2v.shift_div: {self.shift_div!r}; use a whole number")
 
 
 class FrameShift(nn.Module):
