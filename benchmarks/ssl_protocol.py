@@ -15,7 +15,12 @@ Each result is one JSON line appended to ``--out``: the arm, the pretext's own v
 
     python benchmarks/ssl_protocol.py --objectives none masked distill order --seed 0 \\
         --out benchmarks/results/ssl_synthetic.jsonl
+    python benchmarks/ssl_protocol.py --objectives none order --pretrain-set optim.epochs=32 \
+        --method-set "method.positions=[pre_attn,pre_mlp]" --seed 0 --out FILE
     python benchmarks/ssl_protocol.py --table --out benchmarks/results/ssl_synthetic.jsonl
+
+``--pretrain-set`` overrides the pre-training run only; ``--method-set`` every run of the arm
+(the adapters' placement must match the checkpoint the probe and fine-tunes start from).
 """
 
 from __future__ import annotations
@@ -40,9 +45,14 @@ def vidadapt(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_arm(objective: str, seed: int, work: Path, pretrain_sets: list[str]) -> dict:
-    seed_set = ("--set", f"train.seed={seed}")
+def run_arm(objective: str, seed: int, work: Path, pretrain_sets: list[str],
+            method_sets: list[str]) -> dict:
+    # The method's options hold in every run of the arm: the parts must fit each checkpoint.
+    seed_set = ("--set", f"train.seed={seed}",
+                *(arg for item in method_sets for arg in ("--set", item)))
     arm: dict = {"objective": objective, "seed": seed}
+    if method_sets:
+        arm["method_set"] = method_sets
     if pretrain_sets:
         arm["pretrain_set"] = pretrain_sets
     init = "model.init_from=null"  # none: ST-Adapter as initialised (the identity)
@@ -72,7 +82,8 @@ def table(path: Path) -> str:
     arms: dict[str, list[dict]] = {}
     for line in path.read_text().splitlines():
         arm = json.loads(line)
-        label = ", ".join([arm["objective"], *arm.get("pretrain_set", [])])
+        label = ", ".join([arm["objective"], *arm.get("method_set", []),
+                           *arm.get("pretrain_set", [])])
         arms.setdefault(label, []).append(arm)
     measures = ["linear_probe", *(f"{k}_shot" for k in SHOTS)]
     rows = ["| pre-training | seeds | " + " | ".join(m.replace("_", " ") for m in measures)
@@ -95,6 +106,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override of the pre-training run only, e.g. optim.epochs=32")
+    parser.add_argument("--method-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of every run of the arm (pre-training, probe, "
+                        "fine-tunes), e.g. method.positions=[pre_attn,pre_mlp]")
     parser.add_argument("--work", type=Path, default=Path("runs/ssl_protocol"))
     parser.add_argument("--out", type=Path, required=True, help="JSONL file the arms are "
                         "appended to (with --table: the file to read)")
@@ -107,7 +121,7 @@ def main() -> None:
     for objective in args.objectives:
         started = time.perf_counter()
         arm = run_arm(objective, args.seed, args.work / f"{objective}_seed{args.seed}",
-                      args.pretrain_set)
+                      args.pretrain_set, args.method_set)
         arm["minutes"] = round((time.perf_counter() - started) / 60, 1)
         print(json.dumps(arm), flush=True)
         with args.out.open("a") as out:
