@@ -15,7 +15,7 @@ Each result is one JSON line appended to ``--out``: the arm, the pretext's own v
 
     python benchmarks/ssl_protocol.py --objectives none masked distill order --seed 0 \\
         --out benchmarks/results/ssl_synthetic.jsonl
-    python benchmarks/ssl_protocol.py --objectives none order --pretrain-set optim.epochs=32 \
+    python benchmarks/ssl_protocol.py --objectives none order --pretrain-set optim.epochs=32 \\
         --method-set "method.positions=[pre_attn,pre_mlp]" --seed 0 --out FILE
     python benchmarks/ssl_protocol.py --table --out benchmarks/results/ssl_synthetic.jsonl
 
